@@ -1,0 +1,1 @@
+"""The ``sglr`` command line (installed as ``sglr_keras.cli``)."""

@@ -1,0 +1,1 @@
+"""Export to TF Serving (installed as ``sglr_keras.export``)."""

@@ -1,0 +1,1 @@
+"""Adversarial attacks, one per module, each a class with ``perturb(model, x, y)``."""

@@ -1,0 +1,105 @@
+"""Projected gradient descent (Madry et al., "Towards Deep Learning Models
+Resistant to Adversarial Attacks", ICLR 2018).
+
+Ascends a per-example loss by signed (L-inf) or normalised (L2) gradient steps,
+projecting back onto the eps-ball around x and the pixel range [0, 1].
+
+Arguments: eps (L-inf: (0, 1]; L2: > 0), step_size, steps >= 0, random_start,
+loss in {"ce", "cw"} (CW-inf is PGD on the margin loss), restarts >= 1: the
+worst case over restarts is kept per example.
+
+Example::
+
+    attack = PGD(eps=8 / 255, step_size=2 / 255, steps=20)
+    x_adv = attack.perturb(model, x, y)   # x: (N, H, W, C) in [0, 1], y: (N,)
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from sglr_keras.attacks.losses import LOSSES
+
+
+def project(x_adv, x, eps, norm="Linf"):
+    """Project onto the eps-ball around x (L-inf or L2) intersected with [0, 1]."""
+    delta = x_adv - x
+    if norm == "Linf":
+        delta = tf.clip_by_value(delta, -eps, eps)
+    else:
+        axes = tf.range(1, tf.rank(delta))
+        norms = tf.sqrt(tf.reduce_sum(tf.square(delta), axis=axes, keepdims=True) + 1e-12)
+        delta = delta * tf.minimum(1.0, eps / norms)
+    return tf.clip_by_value(x + delta, 0.0, 1.0)
+
+
+def ascend(model, x, x_start, loss_fn, eps, step_size, steps, norm="Linf"):
+    """``steps`` projected ascent steps on ``loss_fn(logits)`` from ``x_start``.
+
+    The model runs in inference mode (batch-norm statistics frozen), as the
+    reference code does during training. The loop is a ``tf.while_loop``, so the
+    graph does not grow with ``steps``.
+    """
+    def step(i, x_adv):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            loss = tf.reduce_sum(loss_fn(model(x_adv, training=False)))
+        grad = tape.gradient(loss, x_adv)
+        if norm == "Linf":
+            direction = tf.sign(grad)
+        else:
+            axes = tf.range(1, tf.rank(grad))
+            direction = grad / (tf.sqrt(tf.reduce_sum(tf.square(grad), axis=axes, keepdims=True)) + 1e-12)
+        return i + 1, project(x_adv + step_size * direction, x, eps, norm)
+
+    # An explicit while_loop: Keras traces train_step without AutoGraph.
+    _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), project(x_start, x, eps, norm)))
+    return tf.stop_gradient(x_adv)
+
+
+def random_start(x, eps, norm="Linf"):
+    if norm == "Linf":
+        return x + tf.random.uniform(tf.shape(x), -eps, eps, dtype=x.dtype)
+    noise = tf.random.normal(tf.shape(x), dtype=x.dtype)
+    axes = tf.range(1, tf.rank(x))
+    noise /= tf.sqrt(tf.reduce_sum(tf.square(noise), axis=axes, keepdims=True)) + 1e-12
+    radius = tf.random.uniform(tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], 0), 0, 1)
+    return x + eps * radius * noise
+
+
+class PGD:
+    name = "pgd"
+
+    def __init__(self, eps=8 / 255, step_size=2 / 255, steps=20, random_start=True, loss="ce",
+                 norm="Linf", restarts=1):
+        if norm not in ("Linf", "L2"):
+            raise ValueError(f"norm must be Linf or L2, got {norm!r}")
+        self.eps, self.step_size, self.steps = eps, step_size, steps
+        self.random_start, self.loss, self.norm, self.restarts = random_start, loss, norm, restarts
+
+    def perturb(self, model, x, y):
+        """Adversarial examples for (x, y); over restarts, the first that fools the model wins."""
+        loss = LOSSES[self.loss]
+        y = tf.cast(y, tf.int32)
+        best, fooled = None, None
+        for _ in range(self.restarts):
+            start = random_start(x, self.eps, self.norm) if self.random_start else x
+            x_adv = ascend(model, x, start, lambda logits: loss(logits, y), self.eps, self.step_size,
+                           self.steps, self.norm)
+            fools = tf.argmax(model(x_adv, training=False), -1, output_type=tf.int32) != y
+            if best is None:
+                best, fooled = x_adv, fools
+            else:
+                take = fools & ~fooled
+                best = tf.where(tf.reshape(take, [-1, 1, 1, 1]), x_adv, best)
+                fooled = fooled | take
+        return best
+
+
+class CW(PGD):
+    """CW-inf: PGD on the Carlini-Wagner margin loss."""
+
+    name = "cw"
+
+    def __init__(self, eps=8 / 255, step_size=2 / 255, steps=30, random_start=True, norm="Linf", restarts=1):
+        super().__init__(eps, step_size, steps, random_start, "cw", norm, restarts)

@@ -1,0 +1,170 @@
+"""Data sets by name, from TFDS or from files a user already has.
+
+``load_dataset`` returns a :class:`DatasetBundle` of uint8 images in memory.
+Training example ``i`` of the bundle carries the stable index ``i``; the
+soft-label table has one row per index.
+
+Names: ``cifar10``, ``cifar100``, ``svhn``, ``fashion_mnist``, ``mnist`` (TFDS, or
+a local folder through ``data_dir``), ``digits`` (scikit-learn's bundled 8x8
+digits, the offline default), ``synthetic`` (tests), ``npz:PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sglr_keras.data import sources
+from sglr_keras.errors import UserError
+
+TFDS_NAMES = {
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "svhn": "svhn_cropped",
+    "fashion_mnist": "fashion_mnist",
+    "mnist": "mnist",
+}
+LOCAL_NAMES = ("digits", "synthetic")
+DATASET_NAMES = (*TFDS_NAMES, *LOCAL_NAMES)
+# Horizontal flips change the meaning of digits and house numbers.
+FLIP_SAFE = {"cifar10", "cifar100", "fashion_mnist"}
+
+
+@dataclass
+class DatasetBundle:
+    name: str
+    x_train: np.ndarray  # uint8 (N, H, W, C)
+    y_train: np.ndarray  # int64 (N,)
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def flip_safe(self) -> bool:
+        return self.name in FLIP_SAFE
+
+    def test_subset(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """A fixed, seeded subset of the test set as float32 in [0, 1]."""
+        return _subset(self.x_test, self.y_test, n, seed)
+
+    def train_subset(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        return _subset(self.x_train, self.y_train, n, seed)
+
+
+def _subset(x, y, n, seed):
+    n = min(n, len(y))
+    order = np.sort(np.random.default_rng(seed).permutation(len(y))[:n])
+    return x[order].astype(np.float32) / 255.0, y[order].astype(np.int32)
+
+
+def validate_dataset_name(name: str) -> None:
+    if name.startswith("npz:"):
+        return
+    if name not in DATASET_NAMES:
+        raise UserError(
+            f"unknown dataset '{name}'; choose one of {', '.join(DATASET_NAMES)} or npz:PATH"
+        )
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | None = None,
+    train_subset: int | None = None,
+    label_noise: float = 0.0,
+    seed: int = 0,
+) -> DatasetBundle:
+    """Load data set ``name``; see the module docstring for the sources."""
+    validate_dataset_name(name)
+    arrays = _read(name, data_dir)
+    x_train, y_train, x_test, y_test, class_names = arrays
+    _check_labels(name, y_train, y_test, len(class_names))
+    if train_subset is not None:
+        keep = balanced_subset(y_train, train_subset, seed)
+        x_train, y_train = x_train[keep], y_train[keep]
+    if label_noise > 0:
+        y_train = symmetric_label_noise(y_train, label_noise, len(class_names), seed)
+    return DatasetBundle(name.split(":")[0] if name.startswith("npz:") else name,
+                         x_train, y_train, x_test, y_test, list(class_names))
+
+
+def _read(name: str, data_dir: str | None) -> sources.Arrays:
+    if name.startswith("npz:"):
+        return sources.read_npz(Path(name[4:]))
+    if name == "digits":
+        return sources.read_digits()
+    if name == "synthetic":
+        return sources.make_synthetic()
+    if data_dir is not None:
+        folder = Path(data_dir)
+        if not folder.is_dir():
+            raise UserError(f"data folder '{folder}' does not exist; pass an existing folder to --data-dir")
+        if sources.looks_like_idx_folder(folder):
+            return sources.read_idx_folder(folder)
+        if sources.has_cifar_files(folder):
+            return sources.read_cifar_folder(folder)
+        return sources.read_tfds(TFDS_NAMES[name], str(folder))
+    system_dir = sources.SYSTEM_IDX_DIRS.get(name)
+    if system_dir is not None and sources.looks_like_idx_folder(system_dir) and not _tfds_prepared(name):
+        return sources.read_idx_folder(system_dir)
+    return sources.read_tfds(TFDS_NAMES[name], None)
+
+
+def _tfds_prepared(name: str) -> bool:
+    """Whether TFDS data for ``name`` is prepared in the default TFDS folder
+    (checked on disk: asking a TFDS builder can create folders as a side effect)."""
+    root = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
+    return any((root / TFDS_NAMES[name]).glob("*/dataset_info.json"))
+
+
+def _check_labels(name, y_train, y_test, num_classes) -> None:
+    for split, labels in (("train", y_train), ("test", y_test)):
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise UserError(
+                f"data set '{name}': {split} labels span [{labels.min()}, {labels.max()}] but there are "
+                f"{num_classes} classes; labels must be 0..{num_classes - 1}"
+            )
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded subset with (as nearly as possible) equal counts per class."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    quota = {c: n // len(classes) for c in classes}
+    for c in rng.permutation(classes)[: n - sum(quota.values())]:
+        quota[c] += 1
+    # A class smaller than its quota gives its remainder to the others.
+    chosen = []
+    for c in classes:
+        chosen.extend(per_class[c][: quota[c]])
+    if len(chosen) < n:
+        rest = np.setdiff1d(np.arange(len(labels)), chosen)
+        chosen.extend(rng.permutation(rest)[: n - len(chosen)])
+    return np.sort(np.asarray(chosen))
+
+
+def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int) -> np.ndarray:
+    """Replace the labels of exactly round(rate * N) seeded examples by another class."""
+    rng = np.random.default_rng(seed + 7919)
+    noisy = labels.copy()
+    flip = rng.permutation(len(labels))[: int(round(rate * len(labels)))]
+    shift = rng.integers(1, num_classes, size=len(flip))
+    noisy[flip] = (labels[flip] + shift) % num_classes
+    return noisy

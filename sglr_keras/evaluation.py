@@ -1,0 +1,138 @@
+"""Clean and robust accuracy of any classifier mapping [0, 1] images to logits.
+
+Robust accuracy counts a point as robust when the model classifies both the
+clean input and the attacked input correctly (the AutoAttack convention).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+# Float32 rounding of x + delta may exceed eps by an ulp; anything beyond this is a bug.
+BUDGET_TOLERANCE = 1e-5
+
+
+class AttackBudgetError(RuntimeError):
+    """An attack left its eps-ball or the pixel range: its number must not be reported."""
+
+
+@dataclass
+class AttackResult:
+    name: str
+    robust_accuracy: float
+    seconds: float
+    robust_mask: np.ndarray = field(repr=False)
+
+    def to_json(self) -> dict:
+        return {"robust_accuracy": self.robust_accuracy, "seconds": round(self.seconds, 3),
+                "n_robust": int(self.robust_mask.sum())}
+
+
+class ModelRunner:
+    """Compiled prediction and attack functions for one model, traced once and
+    reused across batches and epochs."""
+
+    def __init__(self, model, batch_size: int = 256):
+        self.model, self.batch_size = model, batch_size
+        self._predict = tf.function(lambda xb: model(xb, training=False), reduce_retracing=True)
+        self._perturb = {}
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        batches = [self._predict(tf.constant(x[i:i + self.batch_size])).numpy()
+                   for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
+
+    def correct(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.argmax(self.logits(x), axis=-1) == y
+
+    def attack(self, attack, x: np.ndarray, y: np.ndarray, clean_correct: np.ndarray,
+               on_batch: Callable[[int], None] | None = None) -> AttackResult:
+        """Attack the points of ``x`` classified correctly; robust accuracy is over all of ``x``."""
+        if id(attack) not in self._perturb:
+            self._perturb[id(attack)] = tf.function(
+                lambda xb, yb: attack.perturb(self.model, xb, yb), reduce_retracing=True)
+        perturb = self._perturb[id(attack)]
+        start = time.perf_counter()
+        robust = clean_correct.copy()
+        targets = np.flatnonzero(clean_correct)
+        for i in range(0, len(targets), self.batch_size):
+            chunk = targets[i:i + self.batch_size]
+            x_adv = perturb(tf.constant(x[chunk]), tf.constant(y[chunk].astype(np.int32))).numpy()
+            check_budget(x[chunk], x_adv, attack.eps, getattr(attack, "norm", "Linf"))
+            robust[chunk] = np.argmax(self._predict(tf.constant(x_adv)).numpy(), axis=-1) == y[chunk]
+            if on_batch:
+                on_batch(len(chunk))
+        accuracy = float(robust.mean()) if len(robust) else 0.0
+        return AttackResult(attack.name, accuracy, time.perf_counter() - start, robust)
+
+
+def check_budget(x, x_adv, eps: float, norm: str = "Linf") -> None:
+    x, x_adv = np.asarray(x), np.asarray(x_adv)
+    if x_adv.min() < -BUDGET_TOLERANCE or x_adv.max() > 1 + BUDGET_TOLERANCE:
+        raise AttackBudgetError(f"attack left the pixel range: [{x_adv.min()}, {x_adv.max()}]")
+    delta = (x_adv - x).reshape(len(x), -1)
+    size = np.abs(delta).max(axis=1) if norm == "Linf" else np.linalg.norm(delta, axis=1)
+    if len(size) and size.max() > eps + BUDGET_TOLERANCE:
+        raise AttackBudgetError(f"attack left the {norm} ball: perturbation {size.max():.6g} > eps {eps:.6g}")
+
+
+def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): sum over confidence bins of |accuracy - confidence|,
+    weighted by the fraction of points in the bin."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+    confidence, predicted = probs.max(axis=-1), probs.argmax(axis=-1)
+    correct = predicted == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def build_attack(name: str, eps: float, steps: int | None, step_size: float | None, seed: int = 0):
+    """The attack ``name`` with the field's default budget (PGD-20, CW-30, FGSM)."""
+    from sglr_keras.attacks.fgsm import FGSM
+    from sglr_keras.attacks.pgd import CW, PGD
+
+    step_size = step_size if step_size is not None else eps / 4
+    if name == "fgsm":
+        return FGSM(eps)
+    if name == "pgd":
+        return PGD(eps, step_size, steps or 20)
+    if name == "cw":
+        return CW(eps, step_size, steps or 30)
+    raise ValueError(f"unknown attack {name!r}")
+
+
+BASIC_ATTACKS = ("fgsm", "pgd", "cw")
+
+
+def evaluate(model, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: float,
+             steps: int | None = None, step_size: float | None = None, batch_size: int = 256,
+             on_attack_start: Callable[[str, int], None] | None = None,
+             on_batch: Callable[[int], None] | None = None) -> dict:
+    """Clean accuracy and robust accuracy under each attack; with several attacks,
+    also the worst case per point ("any attack succeeded")."""
+    runner = ModelRunner(model, batch_size)
+    correct = runner.correct(x, y)
+    results = {"n_examples": int(len(y)), "eps": eps, "clean_accuracy": float(correct.mean()),
+               "robust_accuracy": {}, "attacks": {}}
+    worst = correct.copy()
+    for name in attacks:
+        if on_attack_start:
+            on_attack_start(name, int(correct.sum()))
+        result = runner.attack(build_attack(name, eps, steps, step_size), x, y, correct, on_batch)
+        results["robust_accuracy"][name] = result.robust_accuracy
+        results["attacks"][name] = result.to_json()
+        worst &= result.robust_mask
+    if len(attacks) > 1:
+        results["worst_case_robust_accuracy"] = float(worst.mean())
+    return results

@@ -1,0 +1,1 @@
+"""Adversarial training: the trainer model, its callbacks and the run driver."""

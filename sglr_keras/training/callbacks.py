@@ -1,0 +1,156 @@
+"""Per-epoch callbacks: evaluation, the run record (history, checkpoints, state)
+and the progress display."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from sglr_keras import evaluation, sglr
+from sglr_keras.attacks.pgd import PGD
+from sglr_keras.io import atomic_write_text, atomic_save_model, atomic_save_weights
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class EpochEvaluation(keras.callbacks.Callback):
+    """Test and train clean / PGD accuracy on fixed subsets, ECE, table entropy,
+    learning rate; added to the epoch's logs so every later callback sees them."""
+
+    def __init__(self, test_data, train_data, attack: PGD, batch_size: int):
+        super().__init__()
+        self.test_data, self.train_data = test_data, train_data
+        self.attack, self.batch_size = attack, batch_size
+        self.runner = None
+        self.epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.set_epoch(epoch)
+        self.epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["train_seconds"] = time.perf_counter() - self.epoch_start
+        if not math.isfinite(float(logs.get("loss", 0.0))):
+            raise NonFiniteLossError(f"loss became {logs['loss']} in epoch {epoch + 1}")
+        self.runner = self.runner or evaluation.ModelRunner(self.model.classifier, self.batch_size)
+        for prefix, (x, y) in (("test", self.test_data), ("train", self.train_data)):
+            if len(y) == 0:
+                continue
+            logits = self.runner.logits(x)
+            correct = np.argmax(logits, axis=-1) == y
+            robust = self.runner.attack(self.attack, x, y, correct)
+            logs[f"{prefix}_clean_acc"] = float(correct.mean())
+            logs[f"{prefix}_robust_acc"] = robust.robust_accuracy
+            if prefix == "test":
+                logs["test_ece"] = evaluation.expected_calibration_error(logits, y)
+        if "train_robust_acc" in logs:
+            logs["robust_gap"] = logs["train_robust_acc"] - logs["test_robust_acc"]
+        if self.model.soft_label_table is not None:
+            logs["table_entropy"] = sglr.row_entropy(self.model.soft_label_table.numpy_rows())
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["seconds"] = time.perf_counter() - self.epoch_start
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Writes history (CSV and JSON lines), ``best.keras`` (by test robust accuracy),
+    ``last.keras`` and the resumable training state, each atomically."""
+
+    def __init__(self, run_dir: Path, history: list[dict], best: dict | None, is_chief: bool = True):
+        super().__init__()
+        self.run_dir = run_dir
+        self.history = history
+        self.best = best or {"epoch": None, "test_robust_acc": -1.0}
+        self.is_chief = is_chief
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1, **{k: _plain(v) for k, v in logs.items()}}
+        self.history.append(record)
+        if not self.is_chief:
+            return
+        classifier = self.model.classifier
+        improved = record.get("test_robust_acc", -1.0) > self.best["test_robust_acc"]
+        if improved:
+            self.best = {"epoch": epoch + 1, "test_robust_acc": record["test_robust_acc"]}
+            atomic_save_model(classifier, self.run_dir / "best.keras")
+        atomic_save_model(classifier, self.run_dir / "last.keras")
+        state = self.run_dir / "state"
+        state.mkdir(exist_ok=True)
+        atomic_save_weights(self.model, state / "trainer.weights.h5")
+        # The JSON goes last: it names the epoch the weights above belong to.
+        atomic_write_text(state / "state.json", json.dumps({"epoch": epoch + 1, "best": self.best}))
+        write_history(self.run_dir, self.history)
+
+
+def _plain(value) -> float:
+    return float(np.asarray(value))
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    columns = list(dict.fromkeys(k for record in history for k in record))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(run_dir / "history.csv", buffer.getvalue())
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+SUMMARY_KEYS = (("loss", "loss"), ("acc", "train adv acc"), ("test_clean_acc", "test clean"),
+                ("test_robust_acc", "test robust"), ("train_robust_acc", "train robust"))
+
+
+class RichProgress(keras.callbacks.Callback):
+    """A progress bar per epoch and one summary line when it ends."""
+
+    def __init__(self, epochs: int, steps: int, console: Console | None = None):
+        super().__init__()
+        self.epochs, self.steps = epochs, steps
+        self.console = console or Console(stderr=True)
+        self.progress = None
+        self.task = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+            console=self.console, transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=self.steps, status="")
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        status = f"loss {float(logs.get('loss', 0)):.3f} acc {float(logs.get('acc', 0)):.3f}"
+        self.progress.update(self.task, completed=batch + 1, status=status)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._stop()
+        parts = [f"{label} {float(logs[key]):.4f}" for key, label in SUMMARY_KEYS if key in logs]
+        self.console.print(f"epoch {epoch + 1}/{self.epochs}  " + "  ".join(parts)
+                           + f"  ({float(logs.get('seconds', 0)):.1f}s)")
+
+    def on_train_end(self, logs=None):
+        self._stop()
+
+    def _stop(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,177 @@
+"""``train(config, out_dir)``: one training run, from data to checkpoints.
+
+A run folder holds ``config.json`` (the resolved config), ``run.json`` (data set
+and model facts), ``history.csv`` / ``history.jsonl``, ``best.keras`` and
+``last.keras`` (plain Keras classifiers), ``state/`` (trainer weights with the
+optimizer and the soft-label table, and the epoch they belong to) and, when the
+run ends, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+from rich.console import Console
+
+from sglr_keras import distribute
+from sglr_keras.attacks.pgd import PGD
+from sglr_keras.config import TrainConfig, config_from_dict
+from sglr_keras.data import DatasetBundle, load_dataset
+from sglr_keras.data.pipeline import steps_per_epoch, train_dataset
+from sglr_keras.errors import UserError
+from sglr_keras.io import atomic_write_text
+from sglr_keras.models import build_model
+from sglr_keras.training.callbacks import (EpochEvaluation, NonFiniteLossError, RichProgress,
+                                           RunRecorder, read_history, write_history)
+from sglr_keras.training.trainer import AdversarialTrainer
+
+RUN_ARTEFACTS = ("config.json", "run.json", "history.csv", "history.jsonl", "best.keras",
+                 "last.keras", "summary.json", "state")
+# Extending a finished run (more epochs) is a resume, not a different experiment.
+RESUMABLE_DIFFERENCES = {"epochs"}
+
+
+def make_optimizer(config: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
+    """SGD with the learning rate multiplied by ``lr_gamma`` at each milestone epoch."""
+    opt = config.optimizer
+    milestones = opt.milestone_epochs(config.epochs)
+    if milestones:
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries=[m * steps for m in milestones],
+            values=[opt.lr * opt.lr_gamma**i for i in range(len(milestones) + 1)],
+        )
+    else:
+        schedule = opt.lr
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=opt.momentum, nesterov=opt.nesterov)
+
+
+def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> dict | None:
+    """Create the run folder, or find the state of a run to resume. Refuses a run
+    folder that holds a run with another config unless ``overwrite``."""
+    config_path = run_dir / "config.json"
+    if config_path.is_file() and overwrite:
+        for name in RUN_ARTEFACTS:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    elif config_path.is_file():
+        try:
+            old = json.loads(config_path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"'{config_path}' is corrupt; pass --overwrite to start this run again")
+        differences = [k for k in _config_differences(old, config.to_dict()) if k not in RESUMABLE_DIFFERENCES]
+        if differences:
+            raise UserError(
+                f"--out '{run_dir}' holds a run with a different config ({', '.join(differences[:3])} differ); "
+                "choose another --out, or pass --overwrite to replace it"
+            )
+        state_path = run_dir / "state" / "state.json"
+        return json.loads(state_path.read_text()) if state_path.is_file() else None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2))
+    except OSError as err:
+        raise UserError(f"cannot write to --out '{run_dir}' ({err.strerror}); choose a writable folder")
+    return None
+
+
+def summarize(history: list[dict]) -> dict:
+    """Best (by test robust accuracy) and last epoch, and the robust-overfitting gap."""
+    if not history:
+        return {}
+    best = max(history, key=lambda r: r.get("test_robust_acc", -1.0))
+    last = history[-1]
+    summary = {
+        "epochs": last["epoch"],
+        "best_epoch": best["epoch"],
+        "best_test_robust_acc": best.get("test_robust_acc"),
+        "best_test_clean_acc": best.get("test_clean_acc"),
+        "last_test_robust_acc": last.get("test_robust_acc"),
+        "last_test_clean_acc": last.get("test_clean_acc"),
+        "last_train_robust_acc": last.get("train_robust_acc"),
+        "last_test_ece": last.get("test_ece"),
+        "train_seconds": sum(r.get("train_seconds", 0.0) for r in history),
+    }
+    if best.get("test_robust_acc") is not None and last.get("test_robust_acc") is not None:
+        summary["best_minus_last_robust_acc"] = best["test_robust_acc"] - last["test_robust_acc"]
+    return summary
+
+
+def run_facts(config: TrainConfig, bundle: DatasetBundle) -> dict:
+    return {"dataset": bundle.name, "class_names": bundle.class_names, "num_classes": bundle.num_classes,
+            "input_shape": list(bundle.input_shape), "num_train": bundle.num_train,
+            "arch": config.model.arch, "method": config.method}
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"'{run_dir}' is not a run folder (no config.json); pass a folder written by sglr train")
+    return config_from_dict(json.loads(path.read_text()))
+
+
+def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
+          console: Console | None = None, show_progress: bool = True) -> dict:
+    """Train as ``config`` says, writing the run folder ``out_dir``; resumes a run
+    left there with the same config. Returns the summary."""
+    console = console or Console(stderr=True)
+    run_dir = Path(out_dir)
+    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+    distribute.check_batch_size(config.batch_size, strategy)
+    state = prepare_run_dir(run_dir, config, overwrite)
+    initial_epoch = state["epoch"] if state else 0
+    history = read_history(run_dir)[:initial_epoch]
+    if initial_epoch >= config.epochs:
+        console.print(f"run in '{run_dir}' already finished {initial_epoch} epochs; nothing to do")
+        return summarize(history)
+
+    keras.utils.set_random_seed(config.seed)
+    data = config.data
+    bundle = load_dataset(data.dataset, data.data_dir, data.train_subset, data.label_noise, config.seed)
+    atomic_write_text(run_dir / "run.json", json.dumps(run_facts(config, bundle), indent=2))
+    steps = steps_per_epoch(bundle.num_train, config.batch_size)
+    augment = data.augment if data.augment is not None else bundle.name != "synthetic"
+    dataset = train_dataset(bundle, config.batch_size, config.seed, config.epochs, initial_epoch, augment)
+
+    with strategy.scope():
+        classifier = build_model(config.model.arch, bundle.input_shape, bundle.num_classes, config.model.width)
+        trainer = AdversarialTrainer(classifier, config, bundle.y_train, bundle.num_classes)
+        trainer.compile(optimizer=make_optimizer(config, steps), jit_compile=config.jit_compile)
+        if state:
+            trainer.optimizer.build(classifier.trainable_variables)
+            trainer.load_weights(run_dir / "state" / "trainer.weights.h5")
+            console.print(f"resuming '{run_dir}' after epoch {initial_epoch}")
+
+    attack = config.attack
+    eval_attack = PGD(attack.eps, attack.step_size, config.evaluation.pgd_steps, random_start=True)
+    callbacks = [
+        EpochEvaluation(bundle.test_subset(config.evaluation.n_test, config.seed),
+                        bundle.train_subset(config.evaluation.n_train, config.seed),
+                        eval_attack, config.evaluation.batch_size),
+        RunRecorder(run_dir, history, state["best"] if state else None, distribute.is_chief(strategy)),
+    ]
+    if show_progress:
+        callbacks.append(RichProgress(config.epochs, steps, console))
+    try:
+        trainer.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                    callbacks=callbacks, shuffle=False, verbose=0)
+    except NonFiniteLossError as err:
+        raise UserError(f"{err}; the last good checkpoint is kept in '{run_dir}'. "
+                        "Lower optimizer.lr or check the data")
+    summary = summarize(history)
+    write_history(run_dir, history)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,75 @@
+import numpy as np
+import tensorflow as tf
+
+from sglr_keras.attacks.fgsm import FGSM
+from sglr_keras.attacks.losses import cross_entropy, cw_margin
+from sglr_keras.attacks.pgd import CW, PGD
+from sglr_keras.evaluation import AttackBudgetError, check_budget
+from sglr_keras.models import build_model
+from tests.conftest import linear_model
+
+import pytest
+
+
+def _fixed_cnn_and_data():
+    model = build_model("small_cnn", (8, 8, 1), 10, width=0.5)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 8, 8, 1)).astype(np.float32)
+    x[:4] = np.where(x[:4] > 0.5, 1.0, 0.0)  # points on the box edges
+    y = rng.integers(0, 10, size=32).astype(np.int32)
+    return model, x, y
+
+
+@pytest.mark.parametrize("attack", [PGD(eps=0.05, step_size=0.02, steps=5), CW(eps=0.05, step_size=0.02, steps=5),
+                                    FGSM(eps=0.05), PGD(eps=0.05, step_size=0.02, steps=5, restarts=2)])
+def test_attacks_stay_in_the_eps_ball_and_pixel_range(attack):
+    model, x, y = _fixed_cnn_and_data()
+    x_adv = attack.perturb(model, tf.constant(x), tf.constant(y)).numpy()
+    assert np.abs(x_adv - x).max() <= 0.05 + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_l2_pgd_stays_in_the_l2_ball():
+    model, x, y = _fixed_cnn_and_data()
+    x_adv = PGD(eps=0.5, step_size=0.2, steps=5, norm="L2").perturb(model, tf.constant(x), tf.constant(y)).numpy()
+    assert np.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1).max() <= 0.5 + 1e-5
+
+
+def test_pgd_raises_the_loss_on_a_fixed_model():
+    rng = np.random.default_rng(1)
+    model = linear_model(rng.normal(size=(64, 10)), np.zeros(10), (8, 8, 1))
+    _, x, y = _fixed_cnn_and_data()
+    x_adv = PGD(eps=0.05, step_size=0.02, steps=10).perturb(model, tf.constant(x), tf.constant(y))
+    clean_loss = cross_entropy(model(x), y).numpy()
+    adv_loss = cross_entropy(model(x_adv), y).numpy()
+    assert (adv_loss >= clean_loss - 1e-5).all()
+    assert adv_loss.mean() > clean_loss.mean() + 0.5
+
+
+def test_pgd_flips_a_linear_model_exactly_when_the_margin_allows():
+    # Two classes, z = w.x with w_1 - w_0 = (1, 1, ..., 1) / 16: the minimal L-inf
+    # perturbation to flip a point with margin m is m / ||w_1 - w_0||_1 = m.
+    weights = np.zeros((16, 2))
+    weights[:, 0] = 1.0 / 16
+    x = np.full((2, 4, 4, 1), 0.5, np.float32)
+    bias = np.array([0.0, 0.45])  # margin z_0 - z_1 = 0.5 - 0.45 = 0.05
+    model = linear_model(weights, bias, (4, 4, 1))
+    y = np.zeros(2, np.int32)
+    for eps, flipped in ((0.04, False), (0.06, True)):
+        x_adv = PGD(eps=eps, step_size=eps / 4, steps=20, random_start=False).perturb(model, x, y)
+        assert bool((np.argmax(model(x_adv), -1) != y).all()) == flipped
+
+
+def test_cw_margin_is_positive_exactly_when_misclassified():
+    logits = tf.constant([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    margin = cw_margin(logits, tf.constant([0, 0])).numpy()
+    np.testing.assert_allclose(margin, [-2.0, 2.0])
+
+
+def test_budget_check_refuses_out_of_ball_points():
+    x = np.zeros((1, 2, 2, 1), np.float32)
+    with pytest.raises(AttackBudgetError):
+        check_budget(x, x + 0.1, eps=0.05)
+    with pytest.raises(AttackBudgetError):
+        check_budget(x, x - 0.01, eps=0.05)
+    check_budget(x, x + 0.05, eps=0.05)
