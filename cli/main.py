@@ -39,7 +39,7 @@ def sglr():
 
 
 def main():
-    from sglr_keras.cli import eval as eval_command, train as train_command  # noqa: F401  (registers commands)
+    from sglr_keras.cli import eval as _eval, report as _report, train as _train  # noqa: F401  (registers commands)
 
     sglr()
 

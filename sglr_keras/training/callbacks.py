@@ -145,7 +145,7 @@ class RichProgress(keras.callbacks.Callback):
         self._stop()
         parts = [f"{label} {float(logs[key]):.4f}" for key, label in SUMMARY_KEYS if key in logs]
         self.console.print(f"epoch {epoch + 1}/{self.epochs}  " + "  ".join(parts)
-                           + f"  ({float(logs.get('seconds', 0)):.1f}s)")
+                           + f"  ({float(logs.get('seconds', 0)):.1f}s)", soft_wrap=True, highlight=False)
 
     def on_train_end(self, logs=None):
         self._stop()

@@ -1,0 +1,153 @@
+"""Time the train step of each method on the same model and batch, in one run.
+
+Prints JSON: images/s per method (median over interleaved repeats, after
+warm-up), the ratio sglr / pgd-at, the FLOPs of one step (from TensorFlow's graph
+profiler), the achieved GFLOP/s, and the machine's practical peak measured with
+a large float32 matmul in the same run.
+
+    python benchmarks/train_step.py --arch resnet18 --batch-size 32 --steps 3
+    python benchmarks/train_step.py --arch small_cnn --input-shape 28,28,1 --batch-size 128 --jit both
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from sglr_keras.config import load_config  # noqa: E402
+from sglr_keras.models import build_model  # noqa: E402
+from sglr_keras.training.run import make_optimizer  # noqa: E402
+from sglr_keras.training.trainer import AdversarialTrainer  # noqa: E402
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    matmul = tf.function(lambda: tf.matmul(a, b))
+    matmul().numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        matmul().numpy()
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def graph_flops(function, *args) -> float | None:
+    """FLOPs of ``function``'s traced graph, by TensorFlow's profiler (best effort)."""
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    graph = tf.function(function).get_concrete_function(*args).graph
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    try:
+        return float(model_analyzer.profile(graph, options=options).total_float_ops)
+    except Exception:  # a missing count is reported as null
+        return None
+
+
+def step_flops(trainer, batch, attack_steps: int) -> float | None:
+    """FLOPs of one train step. The profiler does not look inside the attack's
+    while_loop, so one attack iteration (forward and input gradient) is counted
+    separately and added ``attack_steps`` times."""
+    outside_loop = graph_flops(trainer.train_step, batch)
+    x, y, _ = batch
+
+    def attack_iteration(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                y, trainer.classifier(x, training=False)))
+        return tape.gradient(loss, x)
+
+    iteration = graph_flops(attack_iteration, x, y)
+    if outside_loop is None or iteration is None:
+        return None
+    return outside_loop + (attack_steps * iteration if trainer.method != "standard" else 0.0)
+
+
+def make_trainer(method: str, arch: str, input_shape, num_classes: int, batch_size: int,
+                 attack_steps: int, jit: bool):
+    config = load_config(None, {"method": method, "model.arch": arch, "attack.steps": attack_steps,
+                                "data.dataset": "synthetic", "epochs": 2})
+    labels = np.arange(batch_size) % num_classes
+    classifier = build_model(arch, input_shape, num_classes)
+    trainer = AdversarialTrainer(classifier, config, labels, num_classes)
+    trainer.compile(optimizer=make_optimizer(config, steps=1), jit_compile=jit)
+    return trainer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--input-shape", default="32,32,3")
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--attack-steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default="standard,pgd-at,sglr,trades")
+    parser.add_argument("--jit", choices=["off", "on", "both"], default="off")
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args()
+
+    shape = tuple(int(d) for d in args.input_shape.split(","))
+    rng = np.random.default_rng(0)
+    batch = (tf.constant(rng.uniform(size=(args.batch_size, *shape)).astype(np.float32)),
+             tf.constant((np.arange(args.batch_size) % args.num_classes).astype(np.int32)),
+             tf.constant(np.arange(args.batch_size, dtype=np.int32)))
+    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    jit_modes = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
+    methods = args.methods.split(",")
+
+    peak = matmul_peak_gflops()
+    trainers, flops = {}, {}
+    for jit in jit_modes:
+        for method in methods:
+            key = f"{method}{'+xla' if jit else ''}"
+            trainers[key] = make_trainer(method, args.arch, shape, args.num_classes, args.batch_size,
+                                         args.attack_steps, jit)
+            flops[key] = step_flops(trainers[key], batch, args.attack_steps)
+            trainers[key].fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
+    seconds = {key: [] for key in trainers}
+    for _ in range(args.repeats):  # interleaved, so drift in machine load hits every method alike
+        for key, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
+            seconds[key].append((time.perf_counter() - start) / args.steps)
+
+    results = {}
+    for key, samples in seconds.items():
+        step = statistics.median(samples)
+        results[key] = {"images_per_second": args.batch_size / step, "seconds_per_step": step,
+                        "gflop_per_step": flops[key] / 1e9 if flops[key] else None,
+                        "achieved_gflops": flops[key] / step / 1e9 if flops[key] else None}
+    report = {
+        "arch": args.arch, "input_shape": list(shape), "batch_size": args.batch_size,
+        "attack_steps": args.attack_steps, "timed_steps": args.steps, "repeats": args.repeats,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
+                    "gpus": len(tf.config.list_physical_devices("GPU")), "matmul_peak_gflops": peak},
+        "methods": results,
+    }
+    for suffix in ["+xla"] if args.jit == "on" else [""] + (["+xla"] if args.jit == "both" else []):
+        if f"sglr{suffix}" in results and f"pgd-at{suffix}" in results:
+            report[f"ratio_sglr_over_pgd_at{suffix}"] = (
+                results[f"sglr{suffix}"]["seconds_per_step"] / results[f"pgd-at{suffix}"]["seconds_per_step"])
+    if args.jit == "both" and "pgd-at" in results and "pgd-at+xla" in results:
+        report["xla_speedup_pgd_at"] = results["pgd-at"]["seconds_per_step"] / results["pgd-at+xla"]["seconds_per_step"]
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
