@@ -8,7 +8,8 @@ from rich.table import Table
 
 from sglr_keras.cli.main import console, sglr, user_errors
 
-ATTACK_CHOICES = ["clean", "fgsm", "pgd", "cw", "all"]
+ATTACK_CHOICES = ["clean", "fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square",
+                  "autoattack", "all"]
 
 
 @sglr.command("eval")
@@ -16,25 +17,30 @@ ATTACK_CHOICES = ["clean", "fgsm", "pgd", "cw", "all"]
 @click.option("--dataset", help="Data set name or npz:PATH (default: the one the run trained on).")
 @click.option("--data-dir", help="Local data folder or TFDS data dir.")
 @click.option("--attack", "attack_names", type=click.Choice(ATTACK_CHOICES), multiple=True, default=["pgd"],
-              show_default=True, help="Attack to run; repeat for several, or 'all'.")
+              show_default=True, help="Attack to run; repeat for several. 'all' = fgsm, pgd, cw, autoattack "
+              "and the gradient-masking checks.")
+@click.option("--version", "aa_version", type=click.Choice(["standard", "plus", "rand"]), default="standard",
+              show_default=True, help="AutoAttack version (rand: for randomised models).")
+@click.option("--norm", type=click.Choice(["Linf", "L2"]), default="Linf", show_default=True,
+              help="Threat model (Square and FAB are L-inf only).")
 @click.option("--eps", help="L-inf radius, e.g. 8/255 (default: the run's training eps, else 8/255).")
-@click.option("--steps", type=int, help="Attack iterations (default: PGD 20, CW 30).")
+@click.option("--steps", type=int, help="Attack iterations (default: PGD 20, CW 30, APGD/FAB 100, Square 5000 queries).")
 @click.option("--step-size", help="Step size (default eps/4).")
 @click.option("--n-examples", type=int, default=1000, show_default=True, help="Test examples (seeded subset).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the subset and random starts.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
 @user_errors
-def evaluate(checkpoint, dataset, data_dir, attack_names, eps, steps, step_size, n_examples, batch_size, seed,
-             json_path):
-    """Clean and robust accuracy of a checkpoint under white-box attacks."""
+def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps, steps, step_size, n_examples,
+             batch_size, seed, json_path):
+    """Clean and robust accuracy of a checkpoint under attack, AutoAttack included."""
     import keras
 
     from sglr_keras import checkpoints
     from sglr_keras.config import _fraction, _check_range
     from sglr_keras.data import load_dataset
     from sglr_keras.errors import UserError
-    from sglr_keras.evaluation import BASIC_ATTACKS, evaluate as run_evaluation
+    from sglr_keras.evaluation import ALL, evaluate as run_evaluation
     from sglr_keras.io import atomic_write_text
 
     run = checkpoints.run_info_for(checkpoint)
@@ -42,12 +48,15 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, eps, steps, step_size,
     if dataset is None:
         raise UserError("no --dataset given and the checkpoint is not in a run folder; pass --dataset")
     eps = _fraction(eps, "--eps") if eps is not None else run.get("config", {}).get("attack", {}).get("eps", 8 / 255)
-    _check_range("--eps", eps, 0.0, 1.0)
+    _check_range("--eps", eps, 0.0, 1.0 if norm == "Linf" else 1e4)
     step_size = _fraction(step_size, "--step-size") if step_size is not None else None
     if n_examples < 1:
         raise UserError(f"--n-examples {n_examples} must be at least 1")
     attacks = [a for a in attack_names if a != "clean"]
-    attacks = list(BASIC_ATTACKS) if "all" in attacks else list(dict.fromkeys(attacks))
+    diagnose = "all" in attacks or "autoattack" in attacks
+    attacks = list(ALL) if "all" in attacks else list(dict.fromkeys(attacks))
+    if norm == "L2" and {"fgsm", "square", "fab", "fab-t"} & set(attacks):
+        raise UserError("fgsm, square, fab and fab-t are L-inf attacks here; drop them or use --norm Linf")
 
     model = checkpoints.load_classifier(checkpoint)
     bundle = load_dataset(dataset, data_dir)
@@ -62,19 +71,28 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, eps, steps, step_size,
         def on_attack_start(name, n_points):
             progress.reset(task, total=n_points, description=name)
 
-        results = run_evaluation(model, x, y, attacks, eps, steps, step_size, batch_size,
-                                 on_attack_start, lambda n: progress.advance(task, n))
+        results = run_evaluation(model, x, y, attacks, eps, norm, steps, step_size, batch_size, aa_version, seed,
+                                 diagnose, on_attack_start, lambda n: progress.advance(task, n))
     results.update({"checkpoint": str(checkpoint), "dataset": dataset, "seed": seed})
 
-    table = Table(title=f"{checkpoint} on {dataset} ({len(y)} test points, eps {eps:.4g})")
+    table = Table(title=f"{checkpoint} on {dataset} ({len(y)} test points, {norm} eps {eps:.4g})")
     table.add_column("attack")
     table.add_column("accuracy", justify="right")
     table.add_column("seconds", justify="right")
     table.add_row("clean", f"{results['clean_accuracy']:.2%}", "")
     for name, detail in results["attacks"].items():
+        if name == "autoattack":
+            for stage in results["autoattack"]["stages"]:
+                table.add_row(f"  AA after {stage['attack']}", f"{stage['robust_accuracy_after']:.2%}",
+                              f"{stage['seconds']:.1f}")
         table.add_row(name, f"{detail['robust_accuracy']:.2%}", f"{detail['seconds']:.1f}")
     if "worst_case_robust_accuracy" in results:
         table.add_row("worst case", f"{results['worst_case_robust_accuracy']:.2%}", "")
     console.print(table)
+    for note in results.get("autoattack", {}).get("notes", []):
+        console.print(f"note: {note}", highlight=False)
+    for check in results.get("diagnostics", []):
+        mark = "[bold yellow]WARNING[/]" if check["flagged"] else "[green]ok[/]"
+        console.print(f"{mark} {check['message']}", highlight=False, soft_wrap=True)
     if json_path:
         atomic_write_text(json_path, json.dumps(results, indent=2))

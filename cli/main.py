@@ -39,6 +39,10 @@ def sglr():
 
 
 def main():
+    import tensorflow as tf
+
+    # Retracing notices from attacks built per evaluation are expected, not actionable.
+    tf.get_logger().setLevel("ERROR")
     from sglr_keras.cli import eval as _eval, report as _report, train as _train  # noqa: F401  (registers commands)
 
     sglr()

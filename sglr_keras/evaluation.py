@@ -54,15 +54,16 @@ class ModelRunner:
                on_batch: Callable[[int], None] | None = None) -> AttackResult:
         """Attack the points of ``x`` classified correctly; robust accuracy is over all of ``x``."""
         if id(attack) not in self._perturb:
-            self._perturb[id(attack)] = tf.function(
-                lambda xb, yb: attack.perturb(self.model, xb, yb), reduce_retracing=True)
+            self._perturb[id(attack)] = (
+                (lambda xb, yb: attack.perturb(self.model, xb, yb)) if getattr(attack, "runs_eagerly", False)
+                else tf.function(lambda xb, yb: attack.perturb(self.model, xb, yb), reduce_retracing=True))
         perturb = self._perturb[id(attack)]
         start = time.perf_counter()
         robust = clean_correct.copy()
         targets = np.flatnonzero(clean_correct)
         for i in range(0, len(targets), self.batch_size):
             chunk = targets[i:i + self.batch_size]
-            x_adv = perturb(tf.constant(x[chunk]), tf.constant(y[chunk].astype(np.int32))).numpy()
+            x_adv = np.asarray(perturb(tf.constant(x[chunk]), tf.constant(y[chunk].astype(np.int32))))
             check_budget(x[chunk], x_adv, attack.eps, getattr(attack, "norm", "Linf"))
             robust[chunk] = np.argmax(self._predict(tf.constant(x_adv)).numpy(), axis=-1) == y[chunk]
             if on_batch:
@@ -97,42 +98,71 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int
     return float(ece)
 
 
-def build_attack(name: str, eps: float, steps: int | None, step_size: float | None, seed: int = 0):
-    """The attack ``name`` with the field's default budget (PGD-20, CW-30, FGSM)."""
+ATTACKS = ("fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+ALL = ("fgsm", "pgd", "cw", "autoattack")
+
+
+def build_attack(name: str, eps: float, norm: str = "Linf", steps: int | None = None,
+                 step_size: float | None = None, seed: int = 0):
+    """Attack ``name`` with the field's default budget: PGD-20, CW-30 (step eps/4),
+    FGSM, and the AutoAttack members with the reference settings."""
+    from sglr_keras.attacks.apgd import APGD
+    from sglr_keras.attacks.fab import FAB
     from sglr_keras.attacks.fgsm import FGSM
     from sglr_keras.attacks.pgd import CW, PGD
+    from sglr_keras.attacks.square import Square
 
     step_size = step_size if step_size is not None else eps / 4
-    if name == "fgsm":
-        return FGSM(eps)
-    if name == "pgd":
-        return PGD(eps, step_size, steps or 20)
-    if name == "cw":
-        return CW(eps, step_size, steps or 30)
-    raise ValueError(f"unknown attack {name!r}")
+    builders = {
+        "fgsm": lambda: FGSM(eps),
+        "pgd": lambda: PGD(eps, step_size, steps or 20, norm=norm),
+        "cw": lambda: CW(eps, step_size, steps or 30, norm=norm),
+        "apgd-ce": lambda: APGD(eps, norm, "ce", n_iter=steps or 100, seed=seed),
+        "apgd-dlr": lambda: APGD(eps, norm, "dlr", n_iter=steps or 100, seed=seed),
+        "apgd-t": lambda: APGD(eps, norm, targeted=True, n_iter=steps or 100, seed=seed),
+        "fab": lambda: FAB(eps, n_iter=steps or 100, targeted=False, seed=seed),
+        "fab-t": lambda: FAB(eps, n_iter=steps or 100, targeted=True, seed=seed),
+        "square": lambda: Square(eps, n_queries=steps or 5000, seed=seed),
+    }
+    return builders[name]()
 
 
-BASIC_ATTACKS = ("fgsm", "pgd", "cw")
-
-
-def evaluate(model, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: float,
+def evaluate(model, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: float, norm: str = "Linf",
              steps: int | None = None, step_size: float | None = None, batch_size: int = 256,
+             version: str = "standard", seed: int = 0, diagnose: bool = False,
              on_attack_start: Callable[[str, int], None] | None = None,
              on_batch: Callable[[int], None] | None = None) -> dict:
-    """Clean accuracy and robust accuracy under each attack; with several attacks,
-    also the worst case per point ("any attack succeeded")."""
+    """Clean accuracy and robust accuracy under each attack (each on every
+    correctly classified point); ``autoattack`` runs the suite in sequence and
+    reports every stage. With several attacks, also the worst case per point."""
+    from sglr_keras.attacks.autoattack import AutoAttack
+
     runner = ModelRunner(model, batch_size)
     correct = runner.correct(x, y)
-    results = {"n_examples": int(len(y)), "eps": eps, "clean_accuracy": float(correct.mean()),
+    results = {"n_examples": int(len(y)), "eps": eps, "norm": norm, "clean_accuracy": float(correct.mean()),
                "robust_accuracy": {}, "attacks": {}}
     worst = correct.copy()
     for name in attacks:
-        if on_attack_start:
-            on_attack_start(name, int(correct.sum()))
-        result = runner.attack(build_attack(name, eps, steps, step_size), x, y, correct, on_batch)
+        if name == "autoattack":
+            suite = AutoAttack(eps, norm, version, seed)
+            stages = suite.run(runner, x, y, correct, on_attack_start, on_batch)
+            final = stages[-1].robust_mask
+            results["autoattack"] = {
+                "version": version, "notes": suite.notes,
+                "stages": [{"attack": s.name, "robust_accuracy_after": s.robust_accuracy,
+                            "seconds": round(s.seconds, 3)} for s in stages]}
+            result = AttackResult("autoattack", float(final.mean()), sum(s.seconds for s in stages), final)
+        else:
+            if on_attack_start:
+                on_attack_start(name, int(correct.sum()))
+            result = runner.attack(build_attack(name, eps, norm, steps, step_size, seed), x, y, correct, on_batch)
         results["robust_accuracy"][name] = result.robust_accuracy
         results["attacks"][name] = result.to_json()
         worst &= result.robust_mask
     if len(attacks) > 1:
         results["worst_case_robust_accuracy"] = float(worst.mean())
+    if diagnose:
+        from sglr_keras.diagnostics import gradient_masking_checks
+
+        results["diagnostics"] = gradient_masking_checks(results, runner, x, y, correct, norm)
     return results

@@ -1,0 +1,72 @@
+"""AutoAttack (Croce & Hein, ICML 2020): a fixed, parameter-free ensemble.
+
+The suite runs its attacks in order, each only on the points that every earlier
+attack failed to break; robust accuracy is the fraction of points that survive
+all of them. It never looks inside an attack: each is a class with
+``perturb(model, x, y)``.
+
+Versions, with the reference implementation's settings:
+
+- ``standard``: APGD-CE (no restarts, 100 iterations), APGD-T (targeted DLR, 9
+  targets), FAB-T (9 targets), Square (5000 queries).
+- ``plus``: APGD-CE and APGD-DLR with 5 restarts, FAB with 5 restarts, Square,
+  APGD-T, FAB-T.
+- ``rand`` (randomised models): APGD-CE and APGD-DLR with expectation over 20
+  draws per gradient.
+
+With ``norm="L2"`` the suite keeps only the APGD attacks (Square and FAB here are
+L-inf only) and says so in ``notes``.
+"""
+
+from __future__ import annotations
+
+from sglr_keras.attacks.apgd import APGD
+from sglr_keras.attacks.fab import FAB
+from sglr_keras.attacks.square import Square
+
+VERSIONS = ("standard", "plus", "rand")
+
+
+def suite(eps: float, norm: str = "Linf", version: str = "standard", seed: int = 0) -> list:
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    if version == "standard":
+        attacks = [APGD(eps, norm, "ce", seed=seed),
+                   APGD(eps, norm, targeted=True, n_target_classes=9, seed=seed),
+                   FAB(eps, targeted=True, n_target_classes=9, seed=seed),
+                   Square(eps, n_queries=5000, seed=seed)]
+    elif version == "plus":
+        attacks = [APGD(eps, norm, "ce", n_restarts=5, seed=seed), APGD(eps, norm, "dlr", n_restarts=5, seed=seed),
+                   FAB(eps, targeted=False, n_restarts=5, seed=seed), Square(eps, n_queries=5000, seed=seed),
+                   APGD(eps, norm, targeted=True, n_target_classes=9, seed=seed),
+                   FAB(eps, targeted=True, n_target_classes=9, seed=seed)]
+    else:
+        attacks = [APGD(eps, norm, "ce", eot_iter=20, seed=seed), APGD(eps, norm, "dlr", eot_iter=20, seed=seed)]
+    if norm != "Linf":
+        attacks = [a for a in attacks if isinstance(a, APGD)]
+    return attacks
+
+
+class AutoAttack:
+    """The suite as one attack: ``run`` reports robust accuracy after each stage."""
+
+    name = "autoattack"
+
+    def __init__(self, eps=8 / 255, norm="Linf", version="standard", seed=0):
+        self.eps, self.norm, self.version = eps, norm, version
+        self.attacks = suite(eps, norm, version, seed)
+        self.notes = [] if norm == "Linf" or version == "rand" else [
+            "Square and FAB are L-inf only here; the L2 suite ran the APGD attacks alone"]
+
+    def run(self, runner, x, y, clean_correct, on_stage=None, on_batch=None):
+        """Attack in sequence; returns one AttackResult per stage, each with the
+        robust mask after that stage (cumulative)."""
+        robust = clean_correct.copy()
+        stages = []
+        for attack in self.attacks:
+            if on_stage:
+                on_stage(attack.name, int(robust.sum()))
+            result = runner.attack(attack, x, y, robust, on_batch)
+            robust = result.robust_mask
+            stages.append(result)
+        return stages
