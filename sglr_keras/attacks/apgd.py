@@ -75,7 +75,7 @@ class APGD:
                     else:
                         per_example = cross_entropy(logits, y) if loss_name == "ce" else dlr(logits, y)
                     total = tf.reduce_sum(per_example)
-                return logits, per_example, tape.gradient(total, x)
+                return logits, per_example, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
             self._compiled[id(model)] = loss_and_grad
         return self._compiled[id(model)]

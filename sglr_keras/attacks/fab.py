@@ -76,14 +76,14 @@ class FAB:
                     tape.watch(x)
                     logits = model(x, training=False)
                     picked = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, y, batch_dims=1)
-                return logits, picked, tape.gradient(picked, x)
+                return logits, picked, tape.gradient(picked, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
             @tf.function(reduce_retracing=True)
             def all_boundaries(x, y):
                 with tf.GradientTape(persistent=False) as tape:
                     tape.watch(x)
                     logits = model(x, training=False)
-                jacobian = tape.batch_jacobian(logits, x)  # (N, C, ...)
+                jacobian = tape.batch_jacobian(logits, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # (N, C, ...)
                 true = tf.gather(logits, y, batch_dims=1)
                 true_grad = tf.gather(jacobian, y, batch_dims=1)
                 return logits, logits - true[:, None], jacobian - true_grad[:, None]

@@ -44,7 +44,7 @@ def ascend(model, x, x_start, loss_fn, eps, step_size, steps, norm="Linf"):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
             loss = tf.reduce_sum(loss_fn(model(x_adv, training=False)))
-        grad = tape.gradient(loss, x_adv)
+        grad = tape.gradient(loss, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if norm == "Linf":
             direction = tf.sign(grad)
         else:
