@@ -13,7 +13,8 @@ ATTACK_CHOICES = ["clean", "fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t",
 
 
 @sglr.command("eval")
-@click.option("--checkpoint", required=True, type=click.Path(), help="A .keras classifier mapping [0,1] images to logits.")
+@click.option("--checkpoint", required=True, type=click.Path(),
+              help="A .keras classifier mapping [0,1] images to logits, or an exported SavedModel folder.")
 @click.option("--dataset", help="Data set name or npz:PATH (default: the one the run trained on).")
 @click.option("--data-dir", help="Local data folder or TFDS data dir.")
 @click.option("--attack", "attack_names", type=click.Choice(ATTACK_CHOICES), multiple=True, default=["pgd"],
@@ -94,5 +95,6 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     for check in results.get("diagnostics", []):
         mark = "[bold yellow]WARNING[/]" if check["flagged"] else "[green]ok[/]"
         console.print(f"{mark} {check['message']}", highlight=False, soft_wrap=True)
+    checkpoints.record_evaluation(checkpoint, results)
     if json_path:
         atomic_write_text(json_path, json.dumps(results, indent=2))

@@ -43,7 +43,7 @@ def main():
 
     # Retracing notices from attacks built per evaluation are expected, not actionable.
     tf.get_logger().setLevel("ERROR")
-    from sglr_keras.cli import eval as _eval, report as _report, train as _train  # noqa: F401  (registers commands)
+    from sglr_keras.cli import eval as _eval, export as _export, report as _report, train as _train  # noqa: F401
 
     sglr()
 

@@ -28,8 +28,10 @@ from sglr_keras.cli.main import console, sglr, user_errors
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder; an existing run with the same config resumes.")
 @click.option("--overwrite", is_flag=True, help="Replace a run in --out that has a different config.")
+@click.option("--resume-from", type=click.Path(), help="Start from the weights of this .keras checkpoint "
+              "(fresh optimiser and soft-label table).")
 @user_errors
-def train(config_path, out_dir, overwrite, **flags):
+def train(config_path, out_dir, overwrite, resume_from, **flags):
     """Adversarially train a classifier and write checkpoints and history to --out."""
     from sglr_keras.config import load_config
     from sglr_keras.training.run import train as run_training
@@ -45,5 +47,5 @@ def train(config_path, out_dir, overwrite, **flags):
     config = load_config(config_path, overrides)
     console.print(f"training [bold]{config.method}[/] {config.model.arch} on {config.data.dataset} "
                   f"for {config.epochs} epochs -> {out_dir}", highlight=False)
-    summary = run_training(config, out_dir, overwrite=overwrite, console=console)
+    summary = run_training(config, out_dir, overwrite=overwrite, console=console, resume_from=resume_from)
     console.print_json(json.dumps(summary))

@@ -90,6 +90,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = "small_cnn"
     width: float = 1.0
+    sync_batchnorm: bool = False
 
     def validate(self) -> None:
         from sglr_keras.models import validate_arch_name

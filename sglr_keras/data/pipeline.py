@@ -64,7 +64,10 @@ def train_dataset(
         return examples.batch(batch_size)
 
     stream = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch_batches)
-    return stream.prefetch(tf.data.AUTOTUNE)
+    # Across workers, split every global batch (not whole batches or files).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return stream.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:

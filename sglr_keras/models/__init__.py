@@ -16,6 +16,8 @@ from sglr_keras.errors import UserError
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+# Set by build_model for the duration of one build (see its sync_batchnorm).
+_SYNC_BATCHNORM = False
 
 
 def _channels(base: int, width: float) -> int:
@@ -28,7 +30,8 @@ def _conv(filters, kernel, stride=1, name=None):
 
 
 def _bn(name=None):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=_SYNC_BATCHNORM,
+                                     name=name)
 
 
 def _head(x, num_classes):
@@ -141,7 +144,18 @@ def validate_arch_name(name: str) -> None:
         raise UserError(f"unknown arch '{name}'; choose one of {', '.join(ARCHITECTURES)}")
 
 
-def build_model(arch: str, input_shape, num_classes: int, width: float = 1.0) -> keras.Model:
-    """Build ``arch`` for images of ``input_shape`` (H, W, C) in [0, 1]."""
+def build_model(arch: str, input_shape, num_classes: int, width: float = 1.0,
+                sync_batchnorm: bool = False) -> keras.Model:
+    """Build ``arch`` for images of ``input_shape`` (H, W, C) in [0, 1].
+
+    ``sync_batchnorm`` makes batch norm use the statistics of the global batch
+    across replicas (the same numbers as one device would compute), at the cost
+    of one all-reduce per layer.
+    """
+    global _SYNC_BATCHNORM
     validate_arch_name(arch)
-    return ARCHITECTURES[canonical_arch_name(arch)](tuple(input_shape), int(num_classes), width)
+    _SYNC_BATCHNORM = sync_batchnorm
+    try:
+        return ARCHITECTURES[canonical_arch_name(arch)](tuple(input_shape), int(num_classes), width)
+    finally:
+        _SYNC_BATCHNORM = False

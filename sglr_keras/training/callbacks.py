@@ -24,6 +24,23 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops the run at the first batch whose loss is NaN or infinite, before
+    anything is saved, so the last good checkpoint stays the last one written."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = _plain((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"the loss became {loss} at step {batch + 1} of epoch {self.epoch + 1}")
+
+
 class EpochEvaluation(keras.callbacks.Callback):
     """Test and train clean / PGD accuracy on fixed subsets, ECE, table entropy,
     learning rate; added to the epoch's logs so every later callback sees them."""
@@ -41,8 +58,6 @@ class EpochEvaluation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs["train_seconds"] = time.perf_counter() - self.epoch_start
-        if not math.isfinite(float(logs.get("loss", 0.0))):
-            raise NonFiniteLossError(f"loss became {logs['loss']} in epoch {epoch + 1}")
         self.runner = self.runner or evaluation.ModelRunner(self.model.classifier, self.batch_size)
         for prefix, (x, y) in (("test", self.test_data), ("train", self.train_data)):
             if len(y) == 0:
@@ -66,18 +81,15 @@ class RunRecorder(keras.callbacks.Callback):
     """Writes history (CSV and JSON lines), ``best.keras`` (by test robust accuracy),
     ``last.keras`` and the resumable training state, each atomically."""
 
-    def __init__(self, run_dir: Path, history: list[dict], best: dict | None, is_chief: bool = True):
+    def __init__(self, run_dir: Path, history: list[dict], best: dict | None):
         super().__init__()
         self.run_dir = run_dir
         self.history = history
         self.best = best or {"epoch": None, "test_robust_acc": -1.0}
-        self.is_chief = is_chief
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, **{k: _plain(v) for k, v in logs.items()}}
         self.history.append(record)
-        if not self.is_chief:
-            return
         classifier = self.model.classifier
         improved = record.get("test_robust_acc", -1.0) > self.best["test_robust_acc"]
         if improved:
@@ -93,7 +105,8 @@ class RunRecorder(keras.callbacks.Callback):
 
 
 def _plain(value) -> float:
-    return float(np.asarray(value))
+    """A log value as a float (train-step metrics arrive as shape (1,))."""
+    return float(np.asarray(value).reshape(-1)[0])
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
@@ -138,12 +151,12 @@ class RichProgress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        status = f"loss {float(logs.get('loss', 0)):.3f} acc {float(logs.get('acc', 0)):.3f}"
+        status = f"loss {_plain(logs.get('loss', 0)):.3f} acc {_plain(logs.get('acc', 0)):.3f}"
         self.progress.update(self.task, completed=batch + 1, status=status)
 
     def on_epoch_end(self, epoch, logs=None):
         self._stop()
-        parts = [f"{label} {float(logs[key]):.4f}" for key, label in SUMMARY_KEYS if key in logs]
+        parts = [f"{label} {_plain(logs[key]):.4f}" for key, label in SUMMARY_KEYS if key in logs]
         self.console.print(f"epoch {epoch + 1}/{self.epochs}  " + "  ".join(parts)
                            + f"  ({float(logs.get('seconds', 0)):.1f}s)", soft_wrap=True, highlight=False)
 

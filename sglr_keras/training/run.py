@@ -24,7 +24,7 @@ from sglr_keras.data.pipeline import steps_per_epoch, train_dataset
 from sglr_keras.errors import UserError
 from sglr_keras.io import atomic_write_text
 from sglr_keras.models import build_model
-from sglr_keras.training.callbacks import (EpochEvaluation, NonFiniteLossError, RichProgress,
+from sglr_keras.training.callbacks import (EpochEvaluation, NonFiniteGuard, NonFiniteLossError, RichProgress,
                                            RunRecorder, read_history, write_history)
 from sglr_keras.training.trainer import AdversarialTrainer
 
@@ -59,33 +59,49 @@ def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> dict | None:
-    """Create the run folder, or find the state of a run to resume. Refuses a run
-    folder that holds a run with another config unless ``overwrite``."""
+def check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> dict | None:
+    """The state of a run to resume in ``run_dir`` (None for a fresh start).
+    Refuses a folder holding a run with another config unless ``overwrite``.
+    Writes nothing."""
     config_path = run_dir / "config.json"
-    if config_path.is_file() and overwrite:
-        for name in RUN_ARTEFACTS:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    elif config_path.is_file():
-        try:
-            old = json.loads(config_path.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"'{config_path}' is corrupt; pass --overwrite to start this run again")
-        differences = [k for k in _config_differences(old, config.to_dict()) if k not in RESUMABLE_DIFFERENCES]
-        if differences:
-            raise UserError(
-                f"--out '{run_dir}' holds a run with a different config ({', '.join(differences[:3])} differ); "
-                "choose another --out, or pass --overwrite to replace it"
-            )
-        state_path = run_dir / "state" / "state.json"
-        return json.loads(state_path.read_text()) if state_path.is_file() else None
+    if not config_path.is_file() or overwrite:
+        return None
     try:
+        old = json.loads(config_path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"'{config_path}' is corrupt; pass --overwrite to start this run again")
+    differences = [k for k in _config_differences(old, config.to_dict()) if k not in RESUMABLE_DIFFERENCES]
+    if differences:
+        raise UserError(
+            f"--out '{run_dir}' holds a run with a different config ({', '.join(differences[:3])} differ); "
+            "choose another --out, or pass --overwrite to replace it"
+        )
+    return read_state(run_dir)
+
+
+def create_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
+    """Make the run folder and write its config; with ``overwrite``, first remove
+    the artefacts of the run that was there."""
+    try:
+        if overwrite:
+            for name in RUN_ARTEFACTS:
+                target = run_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2))
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
     except OSError as err:
         raise UserError(f"cannot write to --out '{run_dir}' ({err.strerror}); choose a writable folder")
-    return None
+
+
+def read_state(run_dir: Path) -> dict | None:
+    """The last completed epoch and best-so-far of a run, or None for a fresh one."""
+    path = run_dir / "state" / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"'{path}' is corrupt; pass --overwrite to start this run again")
 
 
 def summarize(history: list[dict]) -> dict:
@@ -116,6 +132,20 @@ def run_facts(config: TrainConfig, bundle: DatasetBundle) -> dict:
             "arch": config.model.arch, "method": config.method}
 
 
+def start_from_checkpoint(classifier: keras.Model, path: str | Path) -> None:
+    """Copy the weights of a ``.keras`` classifier of the same architecture."""
+    from sglr_keras.checkpoints import load_classifier
+
+    source = load_classifier(path)
+    if not isinstance(source, keras.Model):
+        raise UserError(f"--resume-from '{path}' must be a .keras checkpoint, not an exported SavedModel")
+    shapes = [tuple(w.shape) for w in classifier.weights]
+    if [tuple(w.shape) for w in source.weights] != shapes:
+        raise UserError(f"--resume-from '{path}' has a different architecture or class count than the "
+                        "configured model; start from a checkpoint of the same --arch and data set")
+    classifier.set_weights(source.get_weights())
+
+
 def load_run_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
@@ -124,14 +154,21 @@ def load_run_config(run_dir: Path) -> TrainConfig:
 
 
 def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
-          console: Console | None = None, show_progress: bool = True) -> dict:
+          console: Console | None = None, show_progress: bool = True,
+          extra_callbacks: list[keras.callbacks.Callback] | None = None,
+          resume_from: str | Path | None = None) -> dict:
     """Train as ``config`` says, writing the run folder ``out_dir``; resumes a run
     left there with the same config. Returns the summary."""
     console = console or Console(stderr=True)
-    run_dir = Path(out_dir)
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     distribute.check_batch_size(config.batch_size, strategy)
-    state = prepare_run_dir(run_dir, config, overwrite)
+    distribute.check_supported(config.method, strategy)
+    chief = distribute.is_chief(strategy)
+    # Other workers write to a private folder that is removed at the end, as
+    # TensorFlow's multi-worker guide recommends; only the chief's files remain.
+    run_dir = Path(out_dir) if chief else Path(out_dir) / f".worker-{distribute.task_index()}"
+    # The chief's folder decides where a resumed run starts (shared storage for workers).
+    state = check_run_dir(Path(out_dir), config, overwrite) if chief else read_state(Path(out_dir))
     initial_epoch = state["epoch"] if state else 0
     history = read_history(run_dir)[:initial_epoch]
     if initial_epoch >= config.epochs:
@@ -141,37 +178,60 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     keras.utils.set_random_seed(config.seed)
     data = config.data
     bundle = load_dataset(data.dataset, data.data_dir, data.train_subset, data.label_noise, config.seed)
-    atomic_write_text(run_dir / "run.json", json.dumps(run_facts(config, bundle), indent=2))
     steps = steps_per_epoch(bundle.num_train, config.batch_size)
     augment = data.augment if data.augment is not None else bundle.name != "synthetic"
     dataset = train_dataset(bundle, config.batch_size, config.seed, config.epochs, initial_epoch, augment)
 
     with strategy.scope():
-        classifier = build_model(config.model.arch, bundle.input_shape, bundle.num_classes, config.model.width)
+        classifier = build_model(config.model.arch, bundle.input_shape, bundle.num_classes, config.model.width,
+                                 config.model.sync_batchnorm)
         trainer = AdversarialTrainer(classifier, config, bundle.y_train, bundle.num_classes)
         trainer.compile(optimizer=make_optimizer(config, steps), jit_compile=config.jit_compile)
         if state:
             trainer.optimizer.build(classifier.trainable_variables)
-            trainer.load_weights(run_dir / "state" / "trainer.weights.h5")
+            state_weights = Path(out_dir) / "state" / "trainer.weights.h5"
+            try:
+                trainer.load_weights(state_weights)
+            except Exception as err:  # h5py and Keras raise many types for a damaged file
+                raise UserError(f"cannot resume from '{state_weights}' ({type(err).__name__}); "
+                                "pass --overwrite to start again, or --resume-from a .keras checkpoint")
             console.print(f"resuming '{run_dir}' after epoch {initial_epoch}")
+        elif resume_from is not None:
+            start_from_checkpoint(classifier, resume_from)
+            console.print(f"starting from the weights of '{resume_from}'")
+
+    # Everything the run needs exists and fits: from here on the run folder is written.
+    if chief and not state:
+        create_run_dir(run_dir, config, overwrite)
+    elif not chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "run.json", json.dumps(run_facts(config, bundle), indent=2))
 
     attack = config.attack
     eval_attack = PGD(attack.eps, attack.step_size, config.evaluation.pgd_steps, random_start=True)
     callbacks = [
+        NonFiniteGuard(),
         EpochEvaluation(bundle.test_subset(config.evaluation.n_test, config.seed),
                         bundle.train_subset(config.evaluation.n_train, config.seed),
                         eval_attack, config.evaluation.batch_size),
-        RunRecorder(run_dir, history, state["best"] if state else None, distribute.is_chief(strategy)),
+        RunRecorder(run_dir, history, state["best"] if state else None),
     ]
     if show_progress:
         callbacks.append(RichProgress(config.epochs, steps, console))
+    callbacks += extra_callbacks or []
     try:
         trainer.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                     callbacks=callbacks, shuffle=False, verbose=0)
     except NonFiniteLossError as err:
         raise UserError(f"{err}; the last good checkpoint is kept in '{run_dir}'. "
                         "Lower optimizer.lr or check the data")
+    except OSError as err:
+        raise UserError(f"cannot save to '{run_dir}' ({err.strerror or err}); the previous checkpoint is intact. "
+                        "Free space or fix permissions, then rerun the same command to resume")
     summary = summarize(history)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return summary
     write_history(run_dir, history)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
