@@ -12,9 +12,7 @@ a large float32 matmul in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -22,6 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from bench_io import emit, machine  # noqa: E402
 
 from sglr_keras.config import load_config  # noqa: E402
 from sglr_keras.models import build_model  # noqa: E402
@@ -132,8 +132,7 @@ def main():
     report = {
         "arch": args.arch, "input_shape": list(shape), "batch_size": args.batch_size,
         "attack_steps": args.attack_steps, "timed_steps": args.steps, "repeats": args.repeats,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
-                    "gpus": len(tf.config.list_physical_devices("GPU")), "matmul_peak_gflops": peak},
+        "machine": {**machine(), "matmul_peak_gflops": peak},
         "methods": results,
     }
     for suffix in ["+xla"] if args.jit == "on" else [""] + (["+xla"] if args.jit == "both" else []):
@@ -142,11 +141,7 @@ def main():
                 results[f"sglr{suffix}"]["seconds_per_step"] / results[f"pgd-at{suffix}"]["seconds_per_step"])
     if args.jit == "both" and "pgd-at" in results and "pgd-at+xla" in results:
         report["xla_speedup_pgd_at"] = results["pgd-at"]["seconds_per_step"] / results["pgd-at+xla"]["seconds_per_step"]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def main():
 
     # Retracing notices from attacks built per evaluation are expected, not actionable.
     tf.get_logger().setLevel("ERROR")
-    from sglr_keras.cli import eval as _eval, export as _export, report as _report, train as _train  # noqa: F401
+    from sglr_keras.cli import (eval as _eval, export as _export, report as _report,  # noqa: F401
+                                reproduce as _reproduce, train as _train)
 
     sglr()
 

@@ -337,10 +337,19 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    raw = _apply_preset(_deep_merge(raw, nested))
-    config = _build(TrainConfig, raw)
+    return config_from_raw(_deep_merge(raw, nested))
+
+
+def config_from_raw(raw: dict[str, Any]) -> TrainConfig:
+    """A validated config from a nested mapping as written in YAML (presets applied)."""
+    config = _build(TrainConfig, _apply_preset(raw))
     config.validate()
     return config
+
+
+def merge_raw(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` laid over ``base``, section by section."""
+    return _deep_merge(base, overrides)
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:

@@ -47,18 +47,6 @@ def make_strategy(name: str, cpu_replicas: int = 1) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices=devices)
 
 
-def check_supported(method: str, strategy: tf.distribute.Strategy) -> None:
-    """Refuse what does not work yet: the soft-label table's replica-consistent
-    scatter fails across workers (TF reports "destinations can not be empty")."""
-    from sglr_keras.config import SGLR_METHODS
-
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and method in SGLR_METHODS:
-        raise UserError(
-            f"--strategy multi-worker does not support --method {method} yet (the soft-label table); "
-            "use --strategy mirrored on one machine, or a method without the table"
-        )
-
-
 def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:

@@ -138,9 +138,10 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: float
     from sglr_keras.attacks.autoattack import AutoAttack
 
     runner = ModelRunner(model, batch_size)
-    correct = runner.correct(x, y)
+    logits = runner.logits(x)
+    correct = np.argmax(logits, axis=-1) == y
     results = {"n_examples": int(len(y)), "eps": eps, "norm": norm, "clean_accuracy": float(correct.mean()),
-               "robust_accuracy": {}, "attacks": {}}
+               "ece": expected_calibration_error(logits, y), "robust_accuracy": {}, "attacks": {}}
     worst = correct.copy()
     for name in attacks:
         if name == "autoattack":

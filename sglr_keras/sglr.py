@@ -90,12 +90,39 @@ class SoftLabelTable(keras.layers.Layer):
         the (index, row) pairs of all replicas are gathered first and every
         replica applies the same scatter: the copies never diverge.
         """
-        rows = tf.cast(rows, self.rows.dtype)
+        variable = self.rows.value
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
-            indices = context.all_gather(indices, axis=0)
-            rows = context.all_gather(rows, axis=0)
-        self.rows.value.scatter_update(tf.IndexedSlices(rows, indices))
+            indices, rows = gather_across_replicas(context, indices, rows, pad_index=self.rows.shape[0])
+            # Every replica now holds the same pairs, so each writes its own copy
+            # directly; the distributed variable's update path would try to
+            # aggregate the write across devices, which fails across workers.
+            variable = variable._get_on_device_or_primary()
+        variable.scatter_update(tf.IndexedSlices(tf.cast(rows, self.rows.dtype), indices))
 
     def numpy_rows(self) -> np.ndarray:
         return np.asarray(keras.ops.convert_to_numpy(self.rows.value), dtype=np.float32)
+
+
+def gather_across_replicas(context, indices, rows, pad_index: int):
+    """The (index, row) pairs of every replica, in replica order, on every replica.
+
+    Built from all-reduce alone (``ReplicaContext.all_gather`` fails under
+    MultiWorkerMirroredStrategy in TF 2.21): each replica pads its pairs to the
+    largest batch (index ``pad_index``, zero rows), writes them into its own slot
+    of an otherwise zero (replicas, batch, ...) tensor, and the sum over replicas
+    is the concatenation. Adding zeros is exact, so the rows arrive bit for bit.
+    """
+    replicas = context.num_replicas_in_sync
+    indices = tf.cast(indices, tf.int32)
+    rows = tf.cast(rows, tf.float32)
+    slot = tf.one_hot(context.replica_id_in_sync_group, replicas, dtype=tf.int32)
+    size = tf.shape(indices)[0]
+    padding = tf.reduce_max(context.all_reduce("SUM", slot * size)) - size
+    indices = tf.pad(indices, [[0, padding]], constant_values=pad_index)
+    rows = tf.pad(rows, [[0, padding], [0, 0]])
+    all_indices = tf.reshape(context.all_reduce("SUM", slot[:, None] * indices[None]), [-1])
+    all_rows = context.all_reduce("SUM", tf.cast(slot, tf.float32)[:, None, None] * rows[None])
+    all_rows = tf.reshape(all_rows, [-1, tf.shape(rows)[1]])
+    real = all_indices < pad_index
+    return tf.boolean_mask(all_indices, real), tf.boolean_mask(all_rows, real)

@@ -74,6 +74,31 @@ def test_standard_suite_is_exact_on_a_linear_model():
     assert truth <= accuracies[-1] <= truth + 0.005
 
 
+def test_plus_suite_is_exact_on_a_linear_model():
+    model, x, y, truth = _linear_problem(num_classes=5, n=80, seed=2)
+    runner = ModelRunner(model)
+    stages = AutoAttack(EPS, version="plus").run(runner, x, y, runner.correct(x, y))
+    assert [s.name for s in stages] == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    assert truth <= stages[-1].robust_accuracy <= truth + 0.005
+
+
+def test_rand_suite_attacks_a_randomised_model_through_the_noise():
+    # Input noise at inference makes the model random. For a binary linear model
+    # every draw's input gradient points the same way, so expectation over
+    # transformation heads for the worst case of the noise-free model. APGD keeps
+    # the first point a noisy draw misclassifies, which may stop a little short of
+    # the noise-free boundary: a few points more than the truth may survive, never fewer.
+    model, x, y, truth = _linear_problem(num_classes=2, n=120, seed=3)
+    inputs = keras.Input(x.shape[1:])
+    noisy = keras.layers.Lambda(lambda t: t + 0.01 * tf.random.normal(tf.shape(t)))(inputs)
+    randomised = keras.Model(inputs, model(noisy))
+    suite = AutoAttack(EPS, version="rand")
+    assert [a.name for a in suite.attacks] == ["apgd-ce", "apgd-dlr"] and suite.attacks[0].eot_iter == 20
+    x_adv = np.asarray(suite.attacks[0].perturb(randomised, x, y))
+    assert np.abs(x_adv - x).max() <= EPS + 1e-6
+    assert truth <= _accuracy(model, x_adv, y) <= truth + 0.05 < 1.0
+
+
 def _masked_cnn():
     """A small CNN whose input gradient is zero everywhere (stop_gradient on the
     input): gradient attacks are blind, a query attack is not."""

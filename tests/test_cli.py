@@ -4,7 +4,6 @@ the error paths (one line, exit code 2, no traceback, nothing overwritten)."""
 import json
 
 import keras
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

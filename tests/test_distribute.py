@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
-import pytest
 
 HERE = Path(__file__).parent
 
@@ -35,19 +35,39 @@ def test_two_replicas_match_one_replica_with_the_same_global_batch(tmp_path):
         np.testing.assert_allclose(result[key.replace("w1_", "w2_")], result[key], atol=1e-5, rtol=1e-4)
 
 
+def test_gathering_pairs_from_replicas_with_unequal_batches_is_exact():
+    result = subprocess.run([sys.executable, str(HERE / "gather_run.py")], capture_output=True, text=True,
+                            timeout=300, cwd=HERE.parent, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    gathered = json.loads(result.stdout.strip().splitlines()[-1])
+    expected_rows = [[0.5, 0.5], [1.0, 0.0], [0.25, 0.75], [0.0, 1.0], [0.125, 0.875]]
+    assert gathered["indices"] == [[4, 0, 7, 2, 9]] * 2  # replica order, padding dropped, on both replicas
+    assert gathered["rows"] == [expected_rows] * 2
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def test_two_local_workers_train_and_the_chief_checkpoint_evaluates(tmp_path):
-    # PGD-AT: the soft-label table is refused under multi-worker for now (see distribute.check_supported).
+def _table(run_dir):
+    """The soft-label table saved in a run's training state."""
+    with h5py.File(run_dir / "state" / "trainer.weights.h5", "r") as weights:
+        found = []
+        weights.visititems(lambda name, item: found.append(np.asarray(item))
+                           if isinstance(item, h5py.Dataset) and item.shape == (128, 10) else None)
+    assert len(found) == 1
+    return found[0]
+
+
+def test_two_local_workers_train_sglr_and_the_chief_checkpoint_evaluates(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(
-        "method: pgd-at\nepochs: 1\nbatch_size: 64\ndata: {dataset: synthetic}\n"
-        "model: {arch: small_cnn, width: 0.5}\nattack: {eps: 8/255, step_size: 2/255, steps: 2}\n"
-        "optimizer: {lr: 0.05}\nevaluation: {n_test: 32, n_train: 32, pgd_steps: 2, batch_size: 64}\n")
+        "method: sglr\nepochs: 1\nbatch_size: 64\ndata: {dataset: synthetic, train_subset: 128, augment: false}\n"
+        "model: {arch: small_cnn, width: 0.5, sync_batchnorm: true}\n"
+        "attack: {eps: 8/255, step_size: 2/255, steps: 2}\noptimizer: {lr: 0.05}\nsglr: {alpha: 0.5}\n"
+        "evaluation: {n_test: 32, n_train: 32, pgd_steps: 2, batch_size: 64}\n")
     workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
     out = tmp_path / "run"
     sglr = Path(sys.executable).parent / "sglr"
@@ -73,13 +93,11 @@ def test_two_local_workers_train_and_the_chief_checkpoint_evaluates(tmp_path):
                              "--n-examples", "32"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
 
-
-def test_multi_worker_refuses_the_soft_label_table_with_a_clear_error(tmp_path):
-    tf_config = {"cluster": {"worker": [f"127.0.0.1:{_free_port()}"]}, "task": {"type": "worker", "index": 0}}
-    env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([str(Path(sys.executable).parent / "sglr"), "train", "--dataset", "synthetic",
-                             "--method", "sglr", "--strategy", "multi-worker", "--out", str(tmp_path / "run")],
-                            env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "does not support --method sglr yet" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists()
+    # The same global batches in one process give the same table (tolerance as above).
+    single = tmp_path / "single"
+    subprocess.run([str(sglr), "train", "--config", str(config), "--strategy", "default", "--out", str(single)],
+                   check=True, capture_output=True, timeout=300)
+    table_workers, table_single = _table(out), _table(single)
+    assert not np.allclose(table_single, np.eye(10)[np.argmax(table_single, axis=1)])
+    np.testing.assert_allclose(table_workers.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(table_workers, table_single, atol=1e-5)

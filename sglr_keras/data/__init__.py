@@ -58,17 +58,20 @@ class DatasetBundle:
     def flip_safe(self) -> bool:
         return self.name in FLIP_SAFE
 
-    def test_subset(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """A fixed, seeded subset of the test set as float32 in [0, 1]."""
-        return _subset(self.x_test, self.y_test, n, seed)
+    def test_subset(self, n: int, seed: int = 0, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """A fixed, seeded subset of the test set as float32 in [0, 1].
+
+        ``skip`` leaves out the first ``skip`` examples of the same seeded order,
+        so ``test_subset(n, seed, skip=m)`` is disjoint from ``test_subset(m, seed)``
+        (e.g. from the points that picked the best checkpoint)."""
+        return _subset(self.x_test, self.y_test, n, seed, skip)
 
     def train_subset(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         return _subset(self.x_train, self.y_train, n, seed)
 
 
-def _subset(x, y, n, seed):
-    n = min(n, len(y))
-    order = np.sort(np.random.default_rng(seed).permutation(len(y))[:n])
+def _subset(x, y, n, seed, skip=0):
+    order = np.sort(np.random.default_rng(seed).permutation(len(y))[skip:skip + n])
     return x[order].astype(np.float32) / 255.0, y[order].astype(np.int32)
 
 

@@ -162,7 +162,6 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     console = console or Console(stderr=True)
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     distribute.check_batch_size(config.batch_size, strategy)
-    distribute.check_supported(config.method, strategy)
     chief = distribute.is_chief(strategy)
     # Other workers write to a private folder that is removed at the end, as
     # TensorFlow's multi-worker guide recommends; only the chief's files remain.

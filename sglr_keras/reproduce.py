@@ -1,0 +1,342 @@
+"""Experiments that compare training methods under one budget (``sglr reproduce``).
+
+An experiment file (``configs/repro/*.yaml``) names a base training config and
+the runs to make from it::
+
+    name: fashion_mnist
+    base: {epochs: 60, data: {dataset: fashion_mnist, train_subset: 1000}, ...}
+    # or base: ../cifar10_resnet18.yaml (relative to this file)
+    runs:
+      pgd-at: {method: pgd-at}
+      sglr-paper: {method: sglr, sglr: {preset: paper}}
+    final_evaluation: {n_examples: 1000, attacks: [pgd, cw, autoattack]}
+
+Every run trains into ``RUNS_DIR/NAME`` (an interrupted experiment resumes where
+it stopped: finished runs are skipped, a partial one resumes), then its best and
+last checkpoints are attacked on test points disjoint from the ones that picked
+the best checkpoint. The results go to ``results.json``, ``results.md`` and the
+report plots.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sglr_keras.config import TrainConfig, _check_int, config_from_raw, merge_raw, read_yaml
+from sglr_keras.errors import UserError
+from sglr_keras.evaluation import ALL, ATTACKS
+from sglr_keras.io import atomic_write_text
+
+CHECKPOINTS = ("best", "last")
+EXPERIMENT_KEYS = {"name", "description", "base", "runs", "final_evaluation"}
+
+
+@dataclass
+class FinalEvaluation:
+    """How the best and last checkpoints of each run are attacked."""
+
+    n_examples: int = 1000
+    attacks: list[str] = field(default_factory=lambda: ["pgd", "cw", "autoattack"])
+    # AutoAttack's Square alone spends 5000 forward passes per robust point; on a
+    # CPU it may run on the first ``autoattack_examples`` points only (None: all),
+    # with PGD-20 repeated there so the PGD-AutoAttack spread compares like with like.
+    autoattack_examples: int | None = None
+    checkpoints: list[str] = field(default_factory=lambda: list(CHECKPOINTS))
+    batch_size: int = 256
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check_int("final_evaluation.n_examples", self.n_examples, 1)
+        _check_int("final_evaluation.batch_size", self.batch_size, 1)
+        _check_int("final_evaluation.seed", self.seed, 0)
+        if self.autoattack_examples is not None:
+            _check_int("final_evaluation.autoattack_examples", self.autoattack_examples, 1)
+        known = set(ATTACKS) | set(ALL)
+        for name in self.attacks:
+            if name not in known:
+                raise UserError(f"final_evaluation.attacks: unknown attack {name!r}; choose from {', '.join(sorted(known))}")
+        for name in self.checkpoints:
+            if name not in CHECKPOINTS:
+                raise UserError(f"final_evaluation.checkpoints: {name!r} is not one of {', '.join(CHECKPOINTS)}")
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    base: dict[str, Any]
+    runs: dict[str, dict[str, Any]]
+    final: FinalEvaluation
+    source: Path
+
+    def run_config(self, run: str) -> TrainConfig:
+        try:
+            return config_from_raw(merge_raw(self.base, self.runs[run]))
+        except UserError as err:
+            raise UserError(f"experiment '{self.source}', run '{run}': {err}")
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment file; every run's config is checked here."""
+    path = Path(path)
+    raw = read_yaml(path)
+    unknown = sorted(set(raw) - EXPERIMENT_KEYS)
+    if unknown:
+        raise UserError(f"experiment '{path}': unknown key '{unknown[0]}'; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
+    base = raw.get("base") or {}
+    if isinstance(base, str):
+        base = read_yaml(path.parent / base)
+    runs = raw.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        raise UserError(f"experiment '{path}' needs a 'runs' mapping of run name to config overrides")
+    final_raw = raw.get("final_evaluation") or {}
+    try:
+        final = FinalEvaluation(**final_raw)
+    except TypeError:
+        allowed = ", ".join(FinalEvaluation.__dataclass_fields__)
+        raise UserError(f"experiment '{path}': final_evaluation takes only {allowed}")
+    final.validate()
+    experiment = Experiment(str(raw.get("name") or path.stem), str(raw.get("description") or ""), base,
+                            {str(k): v or {} for k, v in runs.items()}, final, path)
+    for run in experiment.runs:
+        experiment.run_config(run)
+    return experiment
+
+
+def select_runs(experiment: Experiment, only: list[str] | None) -> list[str]:
+    for name in only or []:
+        if name not in experiment.runs:
+            raise UserError(f"--only {name!r} is not a run of '{experiment.source}'; "
+                            f"its runs are {', '.join(experiment.runs)}")
+    return [name for name in experiment.runs if not only or name in only]
+
+
+def final_evaluation_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".final.json")
+
+
+def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvaluation, bundle=None,
+                        on_attack_start: Callable | None = None, on_batch: Callable | None = None) -> dict:
+    """Attack one checkpoint as ``final`` says, on test points disjoint from the
+    ``evaluation.n_test`` points that picked the best epoch; cached beside the
+    checkpoint and reused while the settings and the checkpoint are unchanged."""
+    import keras
+
+    from sglr_keras.checkpoints import load_classifier
+    from sglr_keras.data import load_dataset
+    from sglr_keras.evaluation import evaluate
+
+    settings = {**asdict(final), "eps": config.attack.eps, "skip": config.evaluation.n_test,
+                "checkpoint_mtime_ns": checkpoint.stat().st_mtime_ns}
+    cache = final_evaluation_path(checkpoint)
+    if cache.is_file():
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("settings") == settings:
+                return cached
+        except json.JSONDecodeError:
+            pass
+    if bundle is None:
+        bundle = load_dataset(config.data.dataset, config.data.data_dir)
+    x, y = bundle.test_subset(final.n_examples, final.seed, skip=config.evaluation.n_test)
+    if len(y) == 0:
+        raise UserError(f"the test set has no points left after the {config.evaluation.n_test} used to pick "
+                        "the best checkpoint; lower evaluation.n_test")
+    keras.utils.set_random_seed(final.seed)
+    model = load_classifier(checkpoint)
+    attacks = list(ALL) if "all" in final.attacks else list(dict.fromkeys(final.attacks))
+    subset = final.autoattack_examples
+    if "autoattack" not in attacks or subset is None or subset >= len(y):
+        results = evaluate(model, x, y, attacks, config.attack.eps, batch_size=final.batch_size,
+                           seed=final.seed, diagnose="autoattack" in attacks,
+                           on_attack_start=on_attack_start, on_batch=on_batch)
+    else:
+        results = evaluate(model, x, y, [a for a in attacks if a != "autoattack"], config.attack.eps,
+                           batch_size=final.batch_size, seed=final.seed,
+                           on_attack_start=on_attack_start, on_batch=on_batch)
+        on_subset = evaluate(model, x[:subset], y[:subset], ["pgd", "autoattack"], config.attack.eps,
+                             batch_size=final.batch_size, seed=final.seed, diagnose=True,
+                             on_attack_start=on_attack_start, on_batch=on_batch)
+        results["robust_accuracy"]["autoattack"] = on_subset["robust_accuracy"]["autoattack"]
+        results["attacks"]["autoattack"] = on_subset["attacks"]["autoattack"]
+        results["autoattack"] = on_subset["autoattack"]
+        results["diagnostics"] = on_subset["diagnostics"]
+        results["autoattack_subset"] = {"n_examples": on_subset["n_examples"],
+                                        "clean_accuracy": on_subset["clean_accuracy"],
+                                        "pgd": on_subset["robust_accuracy"]["pgd"]}
+    results["settings"] = settings
+    atomic_write_text(cache, json.dumps(results, indent=2))
+    return results
+
+
+def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict[str, dict]) -> dict:
+    """One row of the results: training curve facts and the final attacks."""
+    from sglr_keras.training.callbacks import read_history
+    from sglr_keras.training.run import summarize
+
+    history = read_history(run_dir)
+    summary = summarize(history)
+    last = history[-1] if history else {}
+    result = {
+        "run": name,
+        "method": config.method,
+        "sglr": asdict(config.sglr) if config.method in ("sglr", "trades-sglr") else None,
+        "label_noise": config.data.label_noise,
+        "epochs": summary.get("epochs"),
+        "planned_epochs": config.epochs,
+        "best_epoch": summary.get("best_epoch"),
+        "curve": {
+            "best_test_robust": summary.get("best_test_robust_acc"),
+            "last_test_robust": summary.get("last_test_robust_acc"),
+            "best_minus_last": summary.get("best_minus_last_robust_acc"),
+            "last_train_robust": last.get("train_robust_acc"),
+            "last_train_minus_test_robust": last.get("robust_gap"),
+            "last_test_ece": last.get("test_ece"),
+            "last_grad_norm": last.get("grad_norm"),
+            "max_grad_norm": max((r["grad_norm"] for r in history if "grad_norm" in r), default=None),
+        },
+        "train_wall_seconds": sum(r.get("seconds", 0.0) for r in history),
+        "checkpoints": {},
+    }
+    for checkpoint, results in evaluations.items():
+        attacks = results.get("attacks", {})
+        result["checkpoints"][checkpoint] = {
+            "clean": results["clean_accuracy"],
+            "ece": results.get("ece"),
+            **{attack: detail["robust_accuracy"] for attack, detail in attacks.items()},
+            "worst_case": results.get("worst_case_robust_accuracy"),
+            "autoattack_stages": results.get("autoattack", {}).get("stages"),
+            "eval_seconds": sum(detail["seconds"] for detail in attacks.values()),
+            "n_examples": results["n_examples"],
+            "autoattack_subset": results.get("autoattack_subset"),
+            "flags": [check["message"] for check in results.get("diagnostics", []) if check["flagged"]],
+        }
+    best, last = result["checkpoints"].get("best"), result["checkpoints"].get("last")
+    if best and last:
+        result["best_minus_last"] = {key: best[key] - last[key] for key in best
+                                     if isinstance(best[key], float) and isinstance(last.get(key), float)
+                                     and key not in ("eval_seconds", "ece")}
+    result["wall_seconds"] = result["train_wall_seconds"] + sum(
+        c["eval_seconds"] for c in result["checkpoints"].values())
+    return result
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(experiment: Experiment, results: list[dict], command: str) -> str:
+    """Tables of the final attacks and the training curves, with the plots."""
+    attacks = [a for a in ("clean", "pgd", "cw", "autoattack") if any(
+        a in r["checkpoints"].get(c, {}) for r in results for c in CHECKPOINTS)]
+    names = {"clean": "clean", "pgd": "PGD-20", "cw": "CW", "autoattack": "AA"}
+    lines = [f"# {experiment.name}", ""]
+    if experiment.description:
+        lines += [experiment.description.strip(), ""]
+    lines += [f"Produced by `{command}`.", "",
+              f"Final attacks on {experiment.final.n_examples} test points disjoint from the ones that picked "
+              "the best epoch; accuracies in %. Gap = best - last.", ""]
+    subset = experiment.final.autoattack_examples
+    if subset is not None and "autoattack" in attacks and subset < experiment.final.n_examples:
+        lines += [f"AutoAttack (AA) ran on the first {subset} of those points only (CPU budget), so its "
+                  f"sampling error is larger; the PGD-20 accuracy on the same {subset} points is in the "
+                  "last table, for the PGD-AA spread.", ""]
+    header = ["run"] + [f"{names[a]} {c}" for c in CHECKPOINTS for a in attacks] + \
+             [f"gap {names[a]}" for a in attacks if a != "clean"] + \
+             ["best epoch", "train-test robust (last)", "ECE last", "wall min"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        cells = [r["run"]]
+        for c in CHECKPOINTS:
+            cells += [_pct(r["checkpoints"].get(c, {}).get(a)) for a in attacks]
+        gaps = r.get("best_minus_last", {})
+        cells += [_pct(gaps.get(a)) for a in attacks if a != "clean"]
+        last_ece = r["checkpoints"].get("last", {}).get("ece", r["curve"]["last_test_ece"])
+        cells += [str(r["best_epoch"]), _pct(r["curve"]["last_train_minus_test_robust"]), _pct(last_ece),
+                  f"{r['wall_seconds'] / 60:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Training curves (PGD-10 every epoch on the model-selection test points):", "",
+              "| run | epochs | best epoch | best test robust | last test robust | best - last | last train robust | "
+              "max grad norm | last grad norm |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["curve"]
+        norms = [f"{v:.3g}" if v is not None else "" for v in (c["max_grad_norm"], c["last_grad_norm"])]
+        lines.append(f"| {r['run']} | {r['epochs']} | {r['best_epoch']} | {_pct(c['best_test_robust'])} | "
+                     f"{_pct(c['last_test_robust'])} | {_pct(c['best_minus_last'])} | {_pct(c['last_train_robust'])} | "
+                     f"{norms[0]} | {norms[1]} |")
+    spreads = [(r["run"], c, v["autoattack_subset"], v["autoattack"]) for r in results
+               for c, v in r["checkpoints"].items() if v.get("autoattack_subset") and "autoattack" in v]
+    if spreads:
+        lines += ["", "PGD-20 and AutoAttack on the same points:", "",
+                  "| run | checkpoint | points | clean | PGD-20 | AA | PGD - AA |", "|---|---|---|---|---|---|---|"]
+        for run, checkpoint, sub, aa in spreads:
+            lines.append(f"| {run} | {checkpoint} | {sub['n_examples']} | {_pct(sub['clean_accuracy'])} | "
+                         f"{_pct(sub['pgd'])} | {_pct(aa)} | {_pct(sub['pgd'] - aa)} |")
+    flags = [(r["run"], c, msg) for r in results for c, v in r["checkpoints"].items() for msg in v["flags"]]
+    if flags:
+        lines += ["", "Gradient-masking checks that fired:", ""]
+        lines += [f"- {run} ({checkpoint}): {message}" for run, checkpoint, message in flags]
+    lines += ["", "![robust accuracy](plots/robust_accuracy.png)", "![clean accuracy](plots/clean_accuracy.png)",
+              "![gradient norm](plots/gradient_norm.png)", "![gap](plots/generalisation_gap.png)", ""]
+    return "\n".join(lines)
+
+
+def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: list[str] | None = None,
+              evaluate: bool = True, console=None, command: str = "sglr reproduce") -> dict:
+    """Train and evaluate the selected runs, then write the report for every run
+    of the experiment that has finished training."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from sglr_keras.report import load_runs, plot_runs
+    from sglr_keras.training.run import train
+
+    console = console or Console(stderr=True)
+    selected = select_runs(experiment, only)
+    for name in selected:
+        config = experiment.run_config(name)
+        console.rule(f"{experiment.name}: {name} ({config.method})")
+        train(config, runs_dir / name, console=console)
+        if not evaluate:
+            continue
+        for checkpoint in experiment.final.checkpoints:
+            path = runs_dir / name / f"{checkpoint}.keras"
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), console=console, transient=True) as progress:
+                task = progress.add_task(f"{name} {checkpoint}", total=1)
+
+                def on_attack_start(attack, n_points, task=task, label=f"{name} {checkpoint}"):
+                    progress.reset(task, total=n_points, description=f"{label}: {attack}")
+
+                results = evaluate_checkpoint(path, config, experiment.final, None, on_attack_start,
+                                              lambda n, task=task: progress.advance(task, n))
+            summary = ", ".join(f"{a} {100 * v:.1f}" for a, v in results["robust_accuracy"].items())
+            console.print(f"{name} {checkpoint}: clean {100 * results['clean_accuracy']:.1f}, {summary}",
+                          highlight=False)
+
+    results, finished = [], []
+    for name in experiment.runs:
+        run_dir = runs_dir / name
+        config = experiment.run_config(name)
+        state = run_dir / "summary.json"
+        if not state.is_file():
+            continue
+        evaluations = {}
+        for checkpoint in experiment.final.checkpoints:
+            cache = final_evaluation_path(run_dir / f"{checkpoint}.keras")
+            if cache.is_file():
+                evaluations[checkpoint] = json.loads(cache.read_text())
+        results.append(run_result(name, run_dir, config, evaluations))
+        finished.append(run_dir)
+    if not finished:
+        return {"experiment": experiment.name, "runs": []}
+    report_dir.mkdir(parents=True, exist_ok=True)
+    plot_runs(load_runs(finished), report_dir / "plots")
+    document = {"experiment": experiment.name, "source": str(experiment.source), "command": command,
+                "final_evaluation": asdict(experiment.final), "runs": results}
+    atomic_write_text(report_dir / "results.json", json.dumps(document, indent=2))
+    atomic_write_text(report_dir / "results.md", markdown(experiment, results, command))
+    return document

@@ -1,0 +1,147 @@
+"""``sglr reproduce``: an experiment of two tiny runs trains, evaluates best and
+last checkpoints on held-out test points, reports, and resumes without redoing work."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sglr_keras.cli.main import sglr
+from sglr_keras.cli import reproduce as _reproduce  # noqa: F401  (registers the command)
+from sglr_keras.data import load_dataset
+from sglr_keras.reproduce import load_experiment
+
+EXPERIMENT = {
+    "name": "tiny",
+    "description": "Two methods on synthetic data.",
+    "base": {
+        "epochs": 2, "batch_size": 64, "data": {"dataset": "synthetic"},
+        "model": {"arch": "small_cnn", "width": 0.5},
+        "attack": {"eps": "8/255", "step_size": "2/255", "steps": 2}, "optimizer": {"lr": 0.05},
+        "evaluation": {"n_test": 64, "n_train": 32, "pgd_steps": 2, "batch_size": 64},
+    },
+    "runs": {"pgd-at": {"method": "pgd-at"},
+             "sglr": {"method": "sglr", "sglr": {"preset": "paper", "warmup_epochs": 1}}},
+    "final_evaluation": {"n_examples": 48, "attacks": ["pgd", "cw"], "batch_size": 48},
+}
+
+
+def _run(*args):
+    return CliRunner().invoke(sglr, [str(a) for a in args])
+
+
+def _write(tmp_path, experiment):
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro")
+    path = _write(root, EXPERIMENT)
+    result = _run("reproduce", path, "--runs-dir", root / "runs", "--report-dir", root / "report")
+    assert result.exit_code == 0, result.output
+    return root, path
+
+
+def test_every_run_trains_and_both_checkpoints_are_attacked(finished):
+    root, _ = finished
+    document = json.loads((root / "report" / "results.json").read_text())
+    assert [r["run"] for r in document["runs"]] == ["pgd-at", "sglr"]
+    for run in document["runs"]:
+        assert run["epochs"] == 2
+        for checkpoint in ("best", "last"):
+            numbers = run["checkpoints"][checkpoint]
+            assert numbers["n_examples"] == 48
+            assert 0.0 <= numbers["cw"] <= numbers["clean"] and 0.0 <= numbers["pgd"] <= numbers["clean"]
+        assert run["best_minus_last"]["pgd"] == pytest.approx(
+            run["checkpoints"]["best"]["pgd"] - run["checkpoints"]["last"]["pgd"])
+    assert document["runs"][1]["sglr"]["r"] == 0.2
+
+
+def test_the_report_has_tables_plots_and_the_command(finished):
+    root, _ = finished
+    text = (root / "report" / "results.md").read_text()
+    assert "| pgd-at |" in text and "| sglr |" in text
+    assert "PGD-20 best" in text and "CW last" in text and "sglr reproduce" in text
+    for plot in ("robust_accuracy.png", "gradient_norm.png", "generalisation_gap.png"):
+        assert (root / "report" / "plots" / plot).stat().st_size > 0
+
+
+def test_final_points_are_disjoint_from_the_model_selection_points():
+    bundle = load_dataset("synthetic")
+    x_sel, _ = bundle.test_subset(64, 0)
+    x_final, _ = bundle.test_subset(48, 0, skip=64)
+    selected = {row.tobytes() for row in x_sel}
+    assert len(x_final) == 48 and not any(row.tobytes() in selected for row in x_final)
+
+
+def test_rerunning_reuses_runs_and_cached_evaluations(finished):
+    root, path = finished
+    caches = sorted((root / "runs").glob("*/*.final.json"))
+    assert len(caches) == 4
+    before = {p: p.read_text() for p in caches}
+    history = (root / "runs" / "sglr" / "history.jsonl").read_text()
+    result = _run("reproduce", path, "--runs-dir", root / "runs", "--report-dir", root / "report")
+    assert result.exit_code == 0, result.output
+    assert {p: p.read_text() for p in caches} == before
+    assert (root / "runs" / "sglr" / "history.jsonl").read_text() == history
+
+
+def test_only_trains_the_named_run_and_reports_what_finished(tmp_path):
+    experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "epochs": 1},
+                  "runs": {"pgd-at": {"method": "pgd-at"}, "standard": {"method": "standard"}}}
+    path = _write(tmp_path, experiment)
+    result = _run("reproduce", path, "--runs-dir", tmp_path / "runs", "--only", "standard", "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "runs" / "pgd-at").exists()
+    document = json.loads((tmp_path / "runs" / "report" / "results.json").read_text())
+    assert [r["run"] for r in document["runs"]] == ["standard"]
+    assert document["runs"][0]["checkpoints"] == {}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"runs": {"bad": {"method": "sgd"}}}, "run 'bad': config key 'method'"),
+    ({"runs": {}}, "needs a 'runs' mapping"),
+    ({"final_evaluation": {"attacks": ["pgd", "deepfool"]}}, "unknown attack 'deepfool'"),
+    ({"final_evaluation": {"n_exampels": 10}}, "final_evaluation takes only"),
+    ({"extra": 1}, "unknown key 'extra'"),
+])
+def test_bad_experiments_are_refused_before_any_training(tmp_path, change, message):
+    path = _write(tmp_path, {**EXPERIMENT, **change})
+    result = _run("reproduce", path, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_only_name_is_refused(tmp_path):
+    result = _run("reproduce", _write(tmp_path, EXPERIMENT), "--only", "trades", "--runs-dir", tmp_path / "r")
+    assert result.exit_code == 2 and "--only 'trades' is not a run" in result.output
+
+
+def test_shipped_experiments_load():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).parent.parent.joinpath("configs", "repro").glob("*.yaml"))
+    assert files
+    for path in files:
+        experiment = load_experiment(path)
+        assert experiment.runs
+
+
+def test_autoattack_can_run_on_the_first_points_only(tmp_path):
+    experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "epochs": 1}, "runs": {"pgd-at": {"method": "pgd-at"}},
+                  "final_evaluation": {"n_examples": 32, "attacks": ["pgd", "autoattack"],
+                                       "autoattack_examples": 8, "checkpoints": ["last"], "batch_size": 32}}
+    result = _run("reproduce", _write(tmp_path, experiment), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    last = json.loads((tmp_path / "runs" / "report" / "results.json").read_text())["runs"][0]["checkpoints"]["last"]
+    assert last["n_examples"] == 32 and last["autoattack_subset"]["n_examples"] == 8
+    assert [s["attack"] for s in last["autoattack_stages"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert last["autoattack"] <= last["autoattack_subset"]["clean_accuracy"]
+    text = (tmp_path / "runs" / "report" / "results.md").read_text()
+    assert "ran on the first 8 of those points" in text and "| pgd-at | last | 8 |" in text
