@@ -291,7 +291,6 @@ def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: li
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from sglr_keras.report import load_runs, plot_runs
     from sglr_keras.training.run import train
 
     console = console or Console(stderr=True)
@@ -316,6 +315,14 @@ def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: li
             summary = ", ".join(f"{a} {100 * v:.1f}" for a, v in results["robust_accuracy"].items())
             console.print(f"{name} {checkpoint}: clean {100 * results['clean_accuracy']:.1f}, {summary}",
                           highlight=False)
+
+    return write_report(experiment, runs_dir, report_dir, command)
+
+
+def write_report(experiment: Experiment, runs_dir: Path, report_dir: Path, command: str) -> dict:
+    """``results.json``, ``results.md`` and plots for every run of the experiment
+    that has finished training in ``runs_dir`` (with whatever final attacks it has)."""
+    from sglr_keras.report import load_runs, plot_runs
 
     results, finished = [], []
     for name in experiment.runs:

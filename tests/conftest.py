@@ -47,3 +47,14 @@ def linear_model(weights: np.ndarray, bias: np.ndarray, input_shape) -> keras.Mo
     model = keras.Model(inputs, outputs)
     dense.set_weights([weights.astype(np.float32), bias.astype(np.float32)])
     return model
+
+
+def run_cli(*args):
+    """Invoke ``sglr ARGS...`` in-process, as a user would type it (every command registered)."""
+    from click.testing import CliRunner
+
+    from sglr_keras.cli import (eval as _eval, export as _export, report as _report,  # noqa: F401
+                                reproduce as _reproduce, train as _train)
+    from sglr_keras.cli.main import sglr
+
+    return CliRunner().invoke(sglr, [str(a) for a in args])

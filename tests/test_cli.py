@@ -5,14 +5,9 @@ import json
 
 import keras
 import pytest
-from click.testing import CliRunner
-
-from sglr_keras.cli.main import sglr
-from sglr_keras.cli import eval as _eval, train as _train  # noqa: F401  (registers the commands)
+from tests.conftest import run_cli
 
 
-def _run(*args):
-    return CliRunner().invoke(sglr, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +20,7 @@ def trained_run(tmp_path_factory):
         "optimizer: {lr: 0.05}\nsglr: {warmup_epochs: 1}\n"
         "evaluation: {n_test: 64, n_train: 64, pgd_steps: 2, batch_size: 64}\n"
     )
-    result = _run("train", "--config", config, "--out", out / "run")
+    result = run_cli("train", "--config", config, "--out", out / "run")
     assert result.exit_code == 0, result.output
     return out / "run"
 
@@ -48,14 +43,14 @@ def test_train_writes_history_checkpoints_and_summary(trained_run):
 
 def test_rerunning_a_finished_run_does_nothing(trained_run):
     before = (trained_run / "history.jsonl").read_text()
-    result = _run("train", "--config", trained_run.parent / "config.yaml", "--out", trained_run)
+    result = run_cli("train", "--config", trained_run.parent / "config.yaml", "--out", trained_run)
     assert result.exit_code == 0
     assert (trained_run / "history.jsonl").read_text() == before
 
 
 def test_eval_reports_clean_and_robust_accuracy(trained_run, tmp_path):
     out = tmp_path / "eval.json"
-    result = _run("eval", "--checkpoint", trained_run / "best.keras", "--attack", "all",
+    result = run_cli("eval", "--checkpoint", trained_run / "best.keras", "--attack", "all",
                   "--n-examples", 64, "--json", out)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -73,7 +68,7 @@ def test_eval_accepts_a_plain_keras_model(tmp_path):
     outputs = keras.layers.Dense(10)(keras.layers.Flatten()(inputs))
     path = tmp_path / "plain.keras"
     keras.Model(inputs, outputs).save(path)
-    result = _run("eval", "--checkpoint", path, "--dataset", "synthetic", "--attack", "pgd", "--n-examples", 32)
+    result = run_cli("eval", "--checkpoint", path, "--dataset", "synthetic", "--attack", "pgd", "--n-examples", 32)
     assert result.exit_code == 0, result.output
 
 
@@ -94,36 +89,36 @@ def _assert_user_error(result, message):
     (["--config", "/nonexistent.yaml"], "does not exist"),
 ])
 def test_train_refuses_bad_input(tmp_path, args, message):
-    _assert_user_error(_run("train", *args, "--out", tmp_path / "x"), message)
+    _assert_user_error(run_cli("train", *args, "--out", tmp_path / "x"), message)
     assert not (tmp_path / "x" / "history.jsonl").exists()
 
 
 def test_train_refuses_a_different_config_on_an_existing_run(trained_run):
     before = (trained_run / "config.json").read_text()
-    result = _run("train", "--config", trained_run.parent / "config.yaml", "--method", "pgd-at",
+    result = run_cli("train", "--config", trained_run.parent / "config.yaml", "--method", "pgd-at",
                   "--out", trained_run)
     _assert_user_error(result, "holds a run with a different config")
     assert (trained_run / "config.json").read_text() == before
 
 
 def test_eval_refuses_a_checkpoint_from_another_dataset(trained_run):
-    result = _run("eval", "--checkpoint", trained_run / "best.keras", "--dataset", "digits")
+    result = run_cli("eval", "--checkpoint", trained_run / "best.keras", "--dataset", "digits")
     _assert_user_error(result, "takes images of shape (16, 16, 3) but 'digits' has (8, 8, 1)")
 
 
 def test_eval_refuses_a_corrupt_checkpoint(tmp_path):
     path = tmp_path / "broken.keras"
     path.write_bytes(b"not a zip file")
-    _assert_user_error(_run("eval", "--checkpoint", path, "--dataset", "digits"), "is corrupt")
+    _assert_user_error(run_cli("eval", "--checkpoint", path, "--dataset", "digits"), "is corrupt")
 
 
 def test_eval_refuses_a_class_count_mismatch(tmp_path):
     inputs = keras.Input((8, 8, 1))
     path = tmp_path / "three.keras"
     keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(path)
-    _assert_user_error(_run("eval", "--checkpoint", path, "--dataset", "digits"), "predicts 3 classes")
+    _assert_user_error(run_cli("eval", "--checkpoint", path, "--dataset", "digits"), "predicts 3 classes")
 
 
 def test_cli_entry_point_has_help():
-    result = _run("--help")
+    result = run_cli("--help")
     assert result.exit_code == 0 and "train" in result.output and "eval" in result.output

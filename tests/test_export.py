@@ -10,16 +10,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
 
-from sglr_keras.cli.main import sglr
-from sglr_keras.cli import eval as _eval, export as _export, train as _train  # noqa: F401
 from sglr_keras.export import client
 from sglr_keras.export.savedmodel import export_saved_model
+from tests.conftest import run_cli
 
-
-def _run(*args):
-    return CliRunner().invoke(sglr, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +26,12 @@ def exported(tmp_path_factory):
         "method: pgd-at\nepochs: 1\nbatch_size: 64\ndata: {dataset: synthetic}\n"
         "model: {arch: small_cnn, width: 0.5}\nattack: {eps: 8/255, step_size: 2/255, steps: 2}\n"
         "optimizer: {lr: 0.05}\nevaluation: {n_test: 32, n_train: 32, pgd_steps: 2, batch_size: 64}\n")
-    assert _run("train", "--config", config, "--out", root / "run").exit_code == 0
+    assert run_cli("train", "--config", config, "--out", root / "run").exit_code == 0
     checkpoint = root / "run" / "best.keras"
-    result = _run("eval", "--checkpoint", checkpoint, "--attack", "pgd", "--n-examples", 64, "--seed", 1,
+    result = run_cli("eval", "--checkpoint", checkpoint, "--attack", "pgd", "--n-examples", 64, "--seed", 1,
                   "--json", root / "checkpoint_eval.json")
     assert result.exit_code == 0, result.output
-    result = _run("export", "--checkpoint", checkpoint, "--out", root / "models", "--name", "tiny")
+    result = run_cli("export", "--checkpoint", checkpoint, "--out", root / "models", "--name", "tiny")
     assert result.exit_code == 0, result.output
     return checkpoint, root / "models" / "tiny" / "1", root
 
@@ -80,7 +75,7 @@ def test_model_card_carries_data_training_and_measured_robustness(exported):
 
 def test_eval_on_the_saved_model_matches_the_checkpoint(exported):
     _, saved, root = exported
-    result = _run("eval", "--checkpoint", saved, "--attack", "pgd", "--n-examples", 64, "--seed", 1,
+    result = run_cli("eval", "--checkpoint", saved, "--attack", "pgd", "--n-examples", 64, "--seed", 1,
                   "--json", root / "saved_eval.json")
     assert result.exit_code == 0, result.output
     on_checkpoint = json.loads((root / "checkpoint_eval.json").read_text())
@@ -93,7 +88,7 @@ def test_eval_on_the_saved_model_matches_the_checkpoint(exported):
 def test_export_refuses_an_existing_version_and_leaves_it_alone(exported):
     checkpoint, saved, root = exported
     before = sorted(p.name for p in saved.rglob("*"))
-    result = _run("export", "--checkpoint", checkpoint, "--out", root / "models", "--name", "tiny", "--version", 1)
+    result = run_cli("export", "--checkpoint", checkpoint, "--out", root / "models", "--name", "tiny", "--version", 1)
     assert result.exit_code == 2 and "already exists" in result.output
     assert sorted(p.name for p in saved.rglob("*")) == before
     assert sorted(p.name for p in saved.parent.iterdir()) == ["1"]
@@ -159,8 +154,8 @@ def test_predict_through_a_rest_server_and_locally(exported, tmp_path):
     try:
         url = f"http://127.0.0.1:{server.server_port}"
         card = saved / "assets.extra" / "model_card.json"
-        remote = _run("predict", "--server", url, "--model", "tiny", "--card", card, png)
-        local = _run("predict", "--saved-model", saved, png)
+        remote = run_cli("predict", "--server", url, "--model", "tiny", "--card", card, png)
+        local = run_cli("predict", "--saved-model", saved, png)
     finally:
         server.shutdown()
     assert remote.exit_code == 0, remote.output
@@ -175,6 +170,6 @@ def test_predict_refuses_a_wrong_image_size(exported, tmp_path):
     _, saved, _ = exported
     png = tmp_path / "big.png"
     png.write_bytes(tf.io.encode_png(np.zeros((20, 20, 3), np.uint8)).numpy())
-    result = _run("predict", "--saved-model", saved, png)
+    result = run_cli("predict", "--saved-model", saved, png)
     assert result.exit_code == 2 and "pass --resize" in result.output
-    assert _run("predict", "--saved-model", saved, "--resize", png).exit_code == 0
+    assert run_cli("predict", "--saved-model", saved, "--resize", png).exit_code == 0

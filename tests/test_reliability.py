@@ -13,15 +13,13 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from sglr_keras.cli.main import sglr
-from sglr_keras.cli import train as _train  # noqa: F401
 from sglr_keras.config import load_config
 from sglr_keras.errors import UserError
 from sglr_keras.io import atomic_save_model, write_atomically
 from sglr_keras.training.callbacks import NonFiniteGuard, NonFiniteLossError
 from sglr_keras.training.run import train
+from tests.conftest import run_cli
 
 CONFIG = ("method: sglr\nepochs: 3\nbatch_size: 32\nseed: 4\ndata: {dataset: synthetic}\n"
           "model: {arch: small_cnn, width: 0.5}\nattack: {eps: 8/255, step_size: 2/255, steps: 3}\n"
@@ -139,14 +137,11 @@ def test_non_finite_loss_stops_the_run():
         guard.on_train_batch_end(2, {"loss": float("nan")})
 
 
-def _invoke(*args):
-    return CliRunner().invoke(sglr, [str(a) for a in args])
-
 
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = _invoke("train", "--dataset", "synthetic", "--out", blocker / "run")
+    result = run_cli("train", "--dataset", "synthetic", "--out", blocker / "run")
     assert result.exit_code == 2 and "cannot write to --out" in result.output
 
 
@@ -154,7 +149,7 @@ def test_negative_labels_are_refused(tmp_path):
     path = tmp_path / "d.npz"
     x = np.zeros((4, 8, 8), np.uint8)
     np.savez(path, x_train=x, y_train=np.array([0, 1, -1, 2]), x_test=x, y_test=np.array([0, 1, 2, 0]))
-    result = _invoke("train", "--dataset", f"npz:{path}", "--out", tmp_path / "run")
+    result = run_cli("train", "--dataset", f"npz:{path}", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "labels span [-1, 2]" in result.output
 
 
@@ -172,6 +167,6 @@ def test_resume_from_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     inputs = keras.Input((16, 16, 3))
     other = tmp_path / "other.keras"
     keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs))).save(other)
-    result = _invoke("train", "--dataset", "synthetic", "--epochs", 1, "--resume-from", other,
+    result = run_cli("train", "--dataset", "synthetic", "--epochs", 1, "--resume-from", other,
                      "--out", tmp_path / "run")
     assert result.exit_code == 2 and "different architecture" in result.output

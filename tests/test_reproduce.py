@@ -6,12 +6,10 @@ import json
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from sglr_keras.cli.main import sglr
-from sglr_keras.cli import reproduce as _reproduce  # noqa: F401  (registers the command)
 from sglr_keras.data import load_dataset
 from sglr_keras.reproduce import load_experiment
+from tests.conftest import run_cli
 
 EXPERIMENT = {
     "name": "tiny",
@@ -28,9 +26,6 @@ EXPERIMENT = {
 }
 
 
-def _run(*args):
-    return CliRunner().invoke(sglr, [str(a) for a in args])
-
 
 def _write(tmp_path, experiment):
     path = tmp_path / "experiment.yaml"
@@ -42,7 +37,7 @@ def _write(tmp_path, experiment):
 def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("repro")
     path = _write(root, EXPERIMENT)
-    result = _run("reproduce", path, "--runs-dir", root / "runs", "--report-dir", root / "report")
+    result = run_cli("reproduce", path, "--runs-dir", root / "runs", "--report-dir", root / "report")
     assert result.exit_code == 0, result.output
     return root, path
 
@@ -85,7 +80,7 @@ def test_rerunning_reuses_runs_and_cached_evaluations(finished):
     assert len(caches) == 4
     before = {p: p.read_text() for p in caches}
     history = (root / "runs" / "sglr" / "history.jsonl").read_text()
-    result = _run("reproduce", path, "--runs-dir", root / "runs", "--report-dir", root / "report")
+    result = run_cli("reproduce", path, "--runs-dir", root / "runs", "--report-dir", root / "report")
     assert result.exit_code == 0, result.output
     assert {p: p.read_text() for p in caches} == before
     assert (root / "runs" / "sglr" / "history.jsonl").read_text() == history
@@ -95,7 +90,7 @@ def test_only_trains_the_named_run_and_reports_what_finished(tmp_path):
     experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "epochs": 1},
                   "runs": {"pgd-at": {"method": "pgd-at"}, "standard": {"method": "standard"}}}
     path = _write(tmp_path, experiment)
-    result = _run("reproduce", path, "--runs-dir", tmp_path / "runs", "--only", "standard", "--no-eval")
+    result = run_cli("reproduce", path, "--runs-dir", tmp_path / "runs", "--only", "standard", "--no-eval")
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "runs" / "pgd-at").exists()
     document = json.loads((tmp_path / "runs" / "report" / "results.json").read_text())
@@ -112,14 +107,14 @@ def test_only_trains_the_named_run_and_reports_what_finished(tmp_path):
 ])
 def test_bad_experiments_are_refused_before_any_training(tmp_path, change, message):
     path = _write(tmp_path, {**EXPERIMENT, **change})
-    result = _run("reproduce", path, "--runs-dir", tmp_path / "runs")
+    result = run_cli("reproduce", path, "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_only_name_is_refused(tmp_path):
-    result = _run("reproduce", _write(tmp_path, EXPERIMENT), "--only", "trades", "--runs-dir", tmp_path / "r")
+    result = run_cli("reproduce", _write(tmp_path, EXPERIMENT), "--only", "trades", "--runs-dir", tmp_path / "r")
     assert result.exit_code == 2 and "--only 'trades' is not a run" in result.output
 
 
@@ -137,7 +132,7 @@ def test_autoattack_can_run_on_the_first_points_only(tmp_path):
     experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "epochs": 1}, "runs": {"pgd-at": {"method": "pgd-at"}},
                   "final_evaluation": {"n_examples": 32, "attacks": ["pgd", "autoattack"],
                                        "autoattack_examples": 8, "checkpoints": ["last"], "batch_size": 32}}
-    result = _run("reproduce", _write(tmp_path, experiment), "--runs-dir", tmp_path / "runs")
+    result = run_cli("reproduce", _write(tmp_path, experiment), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.output
     last = json.loads((tmp_path / "runs" / "report" / "results.json").read_text())["runs"][0]["checkpoints"]["last"]
     assert last["n_examples"] == 32 and last["autoattack_subset"]["n_examples"] == 8
@@ -145,3 +140,13 @@ def test_autoattack_can_run_on_the_first_points_only(tmp_path):
     assert last["autoattack"] <= last["autoattack_subset"]["clean_accuracy"]
     text = (tmp_path / "runs" / "report" / "results.md").read_text()
     assert "ran on the first 8 of those points" in text and "| pgd-at | last | 8 |" in text
+
+
+def test_report_only_writes_the_report_without_training(finished, tmp_path):
+    root, path = finished
+    result = run_cli("reproduce", path, "--runs-dir", root / "runs", "--report-dir", tmp_path / "report", "--report-only")
+    assert result.exit_code == 0, result.output
+    assert [r["run"] for r in json.loads((tmp_path / "report" / "results.json").read_text())["runs"]] == ["pgd-at", "sglr"]
+    result = run_cli("reproduce", path, "--runs-dir", tmp_path / "elsewhere", "--report-only")
+    assert result.exit_code == 2 and "no finished runs" in result.output
+    assert not (tmp_path / "elsewhere").exists()
