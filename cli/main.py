@@ -38,15 +38,20 @@ def sglr():
     evaluation (PGD, CW, AutoAttack) and export for TF Serving."""
 
 
+def with_commands() -> click.Group:
+    """The ``sglr`` group with every command registered (each module adds its own)."""
+    from sglr_keras.cli import (eval as _eval, export as _export, report as _report,  # noqa: F401
+                                reproduce as _reproduce, train as _train)
+
+    return sglr
+
+
 def main():
     import tensorflow as tf
 
     # Retracing notices from attacks built per evaluation are expected, not actionable.
     tf.get_logger().setLevel("ERROR")
-    from sglr_keras.cli import (eval as _eval, export as _export, report as _report,  # noqa: F401
-                                reproduce as _reproduce, train as _train)
-
-    sglr()
+    with_commands()()
 
 
 if __name__ == "__main__":

@@ -297,11 +297,12 @@ def _apply_preset(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "sglr": {**SGLR_PRESETS[preset], **sglr}}
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merge_raw(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` laid over ``base``, section by section."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = merge_raw(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -337,7 +338,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return config_from_raw(_deep_merge(raw, nested))
+    return config_from_raw(merge_raw(raw, nested))
 
 
 def config_from_raw(raw: dict[str, Any]) -> TrainConfig:
@@ -345,11 +346,6 @@ def config_from_raw(raw: dict[str, Any]) -> TrainConfig:
     config = _build(TrainConfig, _apply_preset(raw))
     config.validate()
     return config
-
-
-def merge_raw(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``overrides`` laid over ``base``, section by section."""
-    return _deep_merge(base, overrides)
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:

@@ -20,12 +20,13 @@ report plots.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sglr_keras.config import TrainConfig, _check_int, config_from_raw, merge_raw, read_yaml
+from sglr_keras.config import SGLR_METHODS, TrainConfig, _check_int, config_from_raw, merge_raw, read_yaml
 from sglr_keras.errors import UserError
 from sglr_keras.evaluation import ALL, ATTACKS
 from sglr_keras.io import atomic_write_text
@@ -118,15 +119,15 @@ def final_evaluation_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".final.json")
 
 
-def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvaluation, bundle=None,
+def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvaluation, load_bundle: Callable,
                         on_attack_start: Callable | None = None, on_batch: Callable | None = None) -> dict:
     """Attack one checkpoint as ``final`` says, on test points disjoint from the
     ``evaluation.n_test`` points that picked the best epoch; cached beside the
-    checkpoint and reused while the settings and the checkpoint are unchanged."""
+    checkpoint and reused while the settings and the checkpoint are unchanged.
+    ``load_bundle()`` gives the run's data set; it is called only on a cache miss."""
     import keras
 
     from sglr_keras.checkpoints import load_classifier
-    from sglr_keras.data import load_dataset
     from sglr_keras.evaluation import evaluate
 
     settings = {**asdict(final), "eps": config.attack.eps, "skip": config.evaluation.n_test,
@@ -139,9 +140,7 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
                 return cached
         except json.JSONDecodeError:
             pass
-    if bundle is None:
-        bundle = load_dataset(config.data.dataset, config.data.data_dir)
-    x, y = bundle.test_subset(final.n_examples, final.seed, skip=config.evaluation.n_test)
+    x, y = load_bundle().test_subset(final.n_examples, final.seed, skip=config.evaluation.n_test)
     if len(y) == 0:
         raise UserError(f"the test set has no points left after the {config.evaluation.n_test} used to pick "
                         "the best checkpoint; lower evaluation.n_test")
@@ -183,7 +182,7 @@ def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict[
     result = {
         "run": name,
         "method": config.method,
-        "sglr": asdict(config.sglr) if config.method in ("sglr", "trades-sglr") else None,
+        "sglr": asdict(config.sglr) if config.method in SGLR_METHODS else None,
         "label_noise": config.data.label_noise,
         "epochs": summary.get("epochs"),
         "planned_epochs": config.epochs,
@@ -291,6 +290,7 @@ def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: li
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from sglr_keras.data import load_dataset
     from sglr_keras.training.run import train
 
     console = console or Console(stderr=True)
@@ -301,6 +301,8 @@ def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: li
         train(config, runs_dir / name, console=console)
         if not evaluate:
             continue
+        # Both checkpoints share the data, read once and only if an attack has to run.
+        load_bundle = functools.cache(lambda data=config.data: load_dataset(data.dataset, data.data_dir))
         for checkpoint in experiment.final.checkpoints:
             path = runs_dir / name / f"{checkpoint}.keras"
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -310,7 +312,7 @@ def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: li
                 def on_attack_start(attack, n_points, task=task, label=f"{name} {checkpoint}"):
                     progress.reset(task, total=n_points, description=f"{label}: {attack}")
 
-                results = evaluate_checkpoint(path, config, experiment.final, None, on_attack_start,
+                results = evaluate_checkpoint(path, config, experiment.final, load_bundle, on_attack_start,
                                               lambda n, task=task: progress.advance(task, n))
             summary = ", ".join(f"{a} {100 * v:.1f}" for a, v in results["robust_accuracy"].items())
             console.print(f"{name} {checkpoint}: clean {100 * results['clean_accuracy']:.1f}, {summary}",

@@ -53,8 +53,6 @@ def run_cli(*args):
     """Invoke ``sglr ARGS...`` in-process, as a user would type it (every command registered)."""
     from click.testing import CliRunner
 
-    from sglr_keras.cli import (eval as _eval, export as _export, report as _report,  # noqa: F401
-                                reproduce as _reproduce, train as _train)
-    from sglr_keras.cli.main import sglr
+    from sglr_keras.cli.main import with_commands
 
-    return CliRunner().invoke(sglr, [str(a) for a in args])
+    return CliRunner().invoke(with_commands(), [str(a) for a in args])

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
 
 from sglr_keras.attacks.apgd import APGD, checkpoint_iterations
 from sglr_keras.attacks.autoattack import AutoAttack
@@ -17,7 +16,7 @@ from sglr_keras.attacks.fab import FAB
 from sglr_keras.attacks.pgd import PGD
 from sglr_keras.attacks.square import Square
 from sglr_keras.evaluation import ModelRunner, evaluate
-from tests.conftest import linear_model
+from tests.conftest import linear_model, run_cli
 
 EPS = 0.05
 
@@ -174,17 +173,14 @@ def test_apgd_checkpoints_follow_the_paper():
 
 
 def test_cli_autoattack_on_a_plain_keras_model(tmp_path):
-    from sglr_keras.cli.main import sglr
-    from sglr_keras.cli import eval as _eval  # noqa: F401
-
     model, _, _, _ = _linear_problem(num_classes=5)
     inputs = keras.Input((16, 16, 3))
     flat = keras.layers.Flatten()(inputs)
     path = tmp_path / "plain.keras"
     keras.Model(inputs, keras.layers.Dense(10)(flat)).save(path)
     out = tmp_path / "aa.json"
-    result = CliRunner().invoke(sglr, ["eval", "--checkpoint", str(path), "--dataset", "synthetic",
-                                       "--attack", "autoattack", "--n-examples", "24", "--json", str(out)])
+    result = run_cli("eval", "--checkpoint", path, "--dataset", "synthetic", "--attack", "autoattack",
+                     "--n-examples", 24, "--json", out)
     assert result.exit_code == 0, result.output
     import json
 

@@ -1,9 +1,6 @@
 import json
 
-from click.testing import CliRunner
-
-from sglr_keras.cli.main import sglr
-from sglr_keras.cli import report as _report  # noqa: F401  (registers the command)
+from tests.conftest import run_cli
 
 
 def _fake_run(folder, robust):
@@ -18,7 +15,7 @@ def test_report_writes_plots_and_a_table_of_best_last_and_gap(tmp_path):
     _fake_run(tmp_path / "pgd-at", [0.30, 0.45, 0.40, 0.36])
     _fake_run(tmp_path / "sglr", [0.30, 0.44, 0.45, 0.46])
     out = tmp_path / "report"
-    result = CliRunner().invoke(sglr, ["report", str(tmp_path / "pgd-at"), str(tmp_path / "sglr"), "--out", str(out)])
+    result = run_cli("report", tmp_path / "pgd-at", tmp_path / "sglr", "--out", out)
     assert result.exit_code == 0, result.output
     for name in ("robust_accuracy.png", "gradient_norm.png", "generalisation_gap.png", "clean_accuracy.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
@@ -28,5 +25,5 @@ def test_report_writes_plots_and_a_table_of_best_last_and_gap(tmp_path):
 
 
 def test_report_refuses_a_folder_without_history(tmp_path):
-    result = CliRunner().invoke(sglr, ["report", str(tmp_path)])
+    result = run_cli("report", tmp_path)
     assert result.exit_code == 2 and "has no history.jsonl" in result.output
