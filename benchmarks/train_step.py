@@ -25,8 +25,7 @@ from bench_io import emit, machine  # noqa: E402
 
 from sglr_keras.config import load_config  # noqa: E402
 from sglr_keras.models import build_model  # noqa: E402
-from sglr_keras.training.run import make_optimizer  # noqa: E402
-from sglr_keras.training.trainer import AdversarialTrainer  # noqa: E402
+from sglr_keras.training.run import build_trainer, make_optimizer  # noqa: E402
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -79,7 +78,7 @@ def make_trainer(method: str, arch: str, input_shape, num_classes: int, batch_si
                                 "data.dataset": "synthetic", "epochs": 2})
     labels = np.arange(batch_size) % num_classes
     classifier = build_model(arch, input_shape, num_classes)
-    trainer = AdversarialTrainer(classifier, config, labels, num_classes)
+    trainer = build_trainer(classifier, config, labels, num_classes)
     trainer.compile(optimizer=make_optimizer(config, steps=1), jit_compile=jit)
     return trainer
 

@@ -1,15 +1,17 @@
 """``sglr eval``."""
 
 import json
+import os
+from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sglr_keras.attacks import ATTACK_NAMES
 from sglr_keras.cli.main import console, sglr, user_errors
 
-ATTACK_CHOICES = ["clean", "fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square",
-                  "autoattack", "all"]
+ATTACK_CHOICES = ["clean", *ATTACK_NAMES, "all"]
 
 
 @sglr.command("eval")
@@ -31,9 +33,11 @@ ATTACK_CHOICES = ["clean", "fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t",
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the subset and random starts.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
+@click.option("--include-selection-points", is_flag=True, help="Keep the test points a run used to pick its "
+              "best epoch (left out by default for checkpoints in a run folder).")
 @user_errors
 def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps, steps, step_size, n_examples,
-             batch_size, seed, json_path):
+             batch_size, seed, json_path, include_selection_points):
     """Clean and robust accuracy of a checkpoint under attack, AutoAttack included."""
     import keras
 
@@ -49,10 +53,22 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     if dataset is None:
         raise UserError("no --dataset given and the checkpoint is not in a run folder; pass --dataset")
     eps = _fraction(eps, "--eps") if eps is not None else run.get("config", {}).get("attack", {}).get("eps", 8 / 255)
-    _check_range("--eps", eps, 0.0, 1.0 if norm == "Linf" else 1e4)
+    _check_range("--eps", eps, 0.0, 1.0 if norm == "Linf" else 1e4, lo_open=True)
     step_size = _fraction(step_size, "--step-size") if step_size is not None else None
-    if n_examples < 1:
-        raise UserError(f"--n-examples {n_examples} must be at least 1")
+    if step_size is not None:
+        _check_range("--step-size", step_size, 0.0, 1e4, lo_open=True)
+    for flag, value in (("--n-examples", n_examples), ("--batch-size", batch_size), ("--steps", steps)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value} must be at least 1")
+    if seed < 0:
+        raise UserError(f"--seed {seed} must be >= 0")
+    if json_path:
+        # Checked before the (possibly long) evaluation, not after it.
+        parent = Path(json_path).resolve().parent
+        if not parent.is_dir():
+            raise UserError(f"--json '{json_path}': folder '{parent}' does not exist; create it or pick another path")
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"--json '{json_path}': folder '{parent}' is not writable; pick another path")
     attacks = [a for a in attack_names if a != "clean"]
     diagnose = "all" in attacks or "autoattack" in attacks
     attacks = list(ALL) if "all" in attacks else list(dict.fromkeys(attacks))
@@ -62,7 +78,18 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     model = checkpoints.load_classifier(checkpoint)
     bundle = load_dataset(dataset, data_dir)
     checkpoints.check_compatible(model, bundle.input_shape, bundle.num_classes, dataset)
-    x, y = bundle.test_subset(n_examples, seed)
+    # The test points that picked a run's best epoch are left out by default: an
+    # accuracy measured on them is biased upwards for best.keras.
+    selection = run.get("selection_test_indices")
+    excluded = list(selection) if selection and dataset == run.get("run", {}).get("dataset") else []
+    if excluded and not include_selection_points:
+        console.print(f"note: leaving out the {len(excluded)} test points this run used to pick its best epoch "
+                      "(--include-selection-points to keep them)", highlight=False)
+    elif excluded:
+        console.print("warning: the test points include the ones this run used to pick its best epoch; "
+                      "best.keras's accuracy on them is biased upwards", highlight=False)
+        excluded = []
+    x, y = bundle.test_points(bundle.test_indices(n_examples, seed, exclude=excluded))
     keras.utils.set_random_seed(seed)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -86,7 +113,8 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
             for stage in results["autoattack"]["stages"]:
                 table.add_row(f"  AA after {stage['attack']}", f"{stage['robust_accuracy_after']:.2%}",
                               f"{stage['seconds']:.1f}")
-        table.add_row(name, f"{detail['robust_accuracy']:.2%}", f"{detail['seconds']:.1f}")
+        label = results["autoattack"]["label"] if name == "autoattack" else name
+        table.add_row(label, f"{detail['robust_accuracy']:.2%}", f"{detail['seconds']:.1f}")
     if "worst_case_robust_accuracy" in results:
         table.add_row("worst case", f"{results['worst_case_robust_accuracy']:.2%}", "")
     console.print(table)
@@ -95,6 +123,9 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     for check in results.get("diagnostics", []):
         mark = "[bold yellow]WARNING[/]" if check["flagged"] else "[green]ok[/]"
         console.print(f"{mark} {check['message']}", highlight=False, soft_wrap=True)
-    checkpoints.record_evaluation(checkpoint, results)
+    settings = {"dataset": dataset, "n_examples": int(len(y)), "eps": eps, "norm": norm, "steps": steps,
+                "step_size": step_size, "seed": seed, "autoattack_version": aa_version,
+                "excluded_selection_points": len(excluded)}
+    checkpoints.record_evaluation(checkpoint, results, settings)
     if json_path:
         atomic_write_text(json_path, json.dumps(results, indent=2))

@@ -29,8 +29,16 @@ def export_command(checkpoint, out_dir, name, version, input_shape):
         except ValueError:
             raise UserError(f"--input-shape {input_shape!r} must be three whole numbers H,W,C")
     model = checkpoints.load_classifier(checkpoint)
-    target = export_saved_model(model, out_dir, name, version, checkpoints.model_card(checkpoint), shape)
+    card = checkpoints.model_card(checkpoint)
+    target = export_saved_model(model, out_dir, name, version, card, shape)
     console.print(f"exported {checkpoint} -> {target}", highlight=False)
+    if not card["evaluation"]:
+        console.print("note: the model card has no robustness numbers: no evaluation of exactly this checkpoint "
+                      f"is recorded; run `sglr eval --checkpoint {checkpoint}` before exporting to include them",
+                      highlight=False, soft_wrap=True)
+    else:
+        console.print(f"model card: {', '.join(card['evaluation'])} measured on this exact checkpoint",
+                      highlight=False)
     console.print(f"serve it: docker run -p 8501:8501 -v {Path(out_dir).resolve()}/{name}:/models/{name} "
                   f"-e MODEL_NAME={name} tensorflow/serving", highlight=False, soft_wrap=True)
 
@@ -43,7 +51,7 @@ def export_command(checkpoint, out_dir, name, version, input_shape):
 @click.option("--model-version", type=int, help="Model version on the server (default: latest).")
 @click.option("--card", type=click.Path(dir_okay=False), help="Model card JSON for class names and input shape "
               "when predicting through a server.")
-@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Classes to show per image.")
 @click.option("--resize", is_flag=True, help="Resize images that do not match the model's input size.")
 @user_errors
 def predict(images, saved_model, server, model_name, model_version, card, top_k, resize):

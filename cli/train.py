@@ -30,8 +30,10 @@ from sglr_keras.cli.main import console, sglr, user_errors
 @click.option("--overwrite", is_flag=True, help="Replace a run in --out that has a different config.")
 @click.option("--resume-from", type=click.Path(), help="Start from the weights of this .keras checkpoint "
               "(fresh optimiser and soft-label table).")
+@click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Set any config key, e.g. --set model.width=0.5 --set evaluation.every=2 (repeatable).")
 @user_errors
-def train(config_path, out_dir, overwrite, resume_from, **flags):
+def train(config_path, out_dir, overwrite, resume_from, assignments, **flags):
     """Adversarially train a classifier and write checkpoints and history to --out."""
     from sglr_keras.config import load_config
     from sglr_keras.training.run import train as run_training
@@ -44,7 +46,7 @@ def train(config_path, out_dir, overwrite, resume_from, **flags):
         "sglr.preset": flags["sglr_preset"], "strategy": flags["strategy"],
         "cpu_replicas": flags["cpu_replicas"], "jit_compile": flags["jit_compile"], "seed": flags["seed"],
     }
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, overrides, assignments)
     console.print(f"training [bold]{config.method}[/] {config.model.arch} on {config.data.dataset} "
                   f"for {config.epochs} epochs -> {out_dir}", highlight=False)
     summary = run_training(config, out_dir, overwrite=overwrite, console=console, resume_from=resume_from)

@@ -57,9 +57,16 @@ def run_info_for(checkpoint: str | Path) -> dict:
         from sglr_keras.export.savedmodel import read_card
 
         card = read_card(checkpoint)
-        return {"run": {"dataset": card.get("dataset")}, "config": card.get("config", {})} if card else {}
+        return {"run": {"dataset": card.get("dataset")}, "config": card.get("config", {}),
+                "selection_test_indices": card.get("selection_test_indices")} if card else {}
     folder = checkpoint.resolve().parent
     info = {}
+    selection = folder / "selection_points.json"
+    if selection.is_file():
+        try:
+            info["selection_test_indices"] = json.loads(selection.read_text())["test_indices"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
     for name in ("run.json", "config.json"):
         path = folder / name
         if path.is_file():
@@ -74,38 +81,80 @@ def evaluation_record_path(checkpoint: str | Path) -> Path:
     return Path(str(checkpoint) + ".eval.json")
 
 
-def record_evaluation(checkpoint: str | Path, results: dict) -> None:
-    """Keep the latest result per attack beside a ``.keras`` checkpoint, so that an
-    export can carry what was measured."""
+def checkpoint_digest(checkpoint: str | Path) -> str:
+    """SHA-256 of a ``.keras`` file: an evaluation record names the exact weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_evaluation(checkpoint: str | Path, results: dict, settings: dict) -> None:
+    """Keep what was measured beside a ``.keras`` checkpoint, tied to its content
+    hash and to the full attack settings: one entry per (attack, settings), so a
+    weaker evaluation never replaces a stronger one, and a record of other weights
+    (the file was retrained or overwritten) is dropped."""
     from sglr_keras.io import atomic_write_text
 
-    path = evaluation_record_path(checkpoint)
     if Path(checkpoint).is_dir():
         return
-    record = {}
-    if path.is_file():
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            record = {}
-    settings = {k: results[k] for k in ("dataset", "n_examples", "eps", "norm", "seed")}
-    record["clean_accuracy"] = {"value": results["clean_accuracy"], **settings}
-    for attack, accuracy in results["robust_accuracy"].items():
-        record[attack] = {"robust_accuracy": accuracy, **settings}
+    path = evaluation_record_path(checkpoint)
+    digest = checkpoint_digest(checkpoint)
+    entries = [e for e in _read_record(path, digest)]
+    measured = {"clean": results["clean_accuracy"], **results["robust_accuracy"]}
+    for attack, accuracy in measured.items():
+        entry = {"attack": attack, "accuracy": accuracy, "settings": settings}
+        entries = [e for e in entries if (e["attack"], e["settings"]) != (attack, settings)] + [entry]
     try:
-        atomic_write_text(path, json.dumps(record, indent=2))
+        atomic_write_text(path, json.dumps({"checkpoint_sha256": digest, "entries": entries}, indent=2))
     except OSError:
         pass  # a read-only checkpoint folder still gets evaluated
+
+
+def matching_evaluations(checkpoint: str | Path) -> list[dict]:
+    """The recorded evaluations of exactly this checkpoint's weights (may be empty)."""
+    if Path(checkpoint).is_dir() or not Path(checkpoint).is_file():
+        return []
+    return _read_record(evaluation_record_path(checkpoint), checkpoint_digest(checkpoint))
+
+
+def card_summary(entries: list[dict]) -> dict:
+    """One line per attack for a model card: of the records of this checkpoint,
+    the one on the most points (then the lowest accuracy, the conservative claim)."""
+    chosen = {}
+    for entry in entries:
+        key = entry["attack"]
+        rank = (entry["settings"].get("n_examples", 0), -entry["accuracy"])
+        if key not in chosen or rank > chosen[key][0]:
+            chosen[key] = (rank, entry)
+    summary = {}
+    for attack, (_, entry) in chosen.items():
+        if attack == "clean":
+            summary["clean_accuracy"] = {"value": entry["accuracy"], **entry["settings"]}
+        else:
+            summary[attack] = {"robust_accuracy": entry["accuracy"], **entry["settings"]}
+    return summary
+
+
+def _read_record(path: Path, digest: str) -> list[dict]:
+    if not path.is_file():
+        return []
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(record, dict) or record.get("checkpoint_sha256") != digest:
+        return []
+    return [e for e in record.get("entries", []) if isinstance(e, dict) and "attack" in e and "settings" in e]
 
 
 def model_card(checkpoint: str | Path) -> dict:
     """What an export says about itself: data, classes, training, measured robustness."""
     info = run_info_for(checkpoint)
     run, config = info.get("run", {}), info.get("config", {})
-    evaluation = {}
-    record = evaluation_record_path(checkpoint)
-    if record.is_file():
-        evaluation = json.loads(record.read_text())
     return {
         "source_checkpoint": str(Path(checkpoint).resolve()),
         "dataset": run.get("dataset"),
@@ -114,6 +163,10 @@ def model_card(checkpoint: str | Path) -> dict:
         "method": run.get("method"),
         "arch": run.get("arch"),
         "config": config,
-        "evaluation": evaluation,
+        # The test points that picked the best epoch, so evaluations can leave them out.
+        "selection_test_indices": info.get("selection_test_indices"),
+        # Only evaluations of exactly these weights (content hash), with their settings.
+        "evaluation": card_summary(matching_evaluations(checkpoint)),
+        "evaluation_records": matching_evaluations(checkpoint),
         "inputs": "images in [0, 1] (serving_default, float32) or [0, 255] (serving_uint8, uint8), NHWC",
     }

@@ -17,7 +17,9 @@ and what is allowed. Code below the CLI only ever sees these objects.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,6 +33,7 @@ METHODS = ("standard", "pgd-at", "sglr", "trades", "trades-sglr", "label-smoothi
 SGLR_METHODS = ("sglr", "trades-sglr")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 TABLE_DTYPES = ("float32", "float16")
+LABEL_NOISE_MODES = ("flip", "redraw")
 
 # Named SGLR settings. "reference-code" is what the authors' public PyTorch code
 # runs (see shared/method.md): r = 1, so the loss uses the EMA row directly.
@@ -50,7 +53,9 @@ SGLR_PRESETS: dict[str, dict[str, Any]] = {
         "alpha": 0.9,
         "lam": 0.2,
         "temperature": 1.0,
-        "warmup_epochs": 90,
+        # The reference's --sgls-es 90 with epochs counted from 1: hard labels for
+        # epochs 1-89, the table active from epoch 90.
+        "warmup_epochs": 89,
         "clean_forward_training": True,
     },
 }
@@ -69,24 +74,30 @@ def _fraction(value: Any, key: str) -> Any:
     return value
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
+    """``label_noise_mode``: ``flip`` gives exactly round(rate * N) examples another
+    class; ``redraw`` (the SGLR reference code's convention) redraws int(rate * N)
+    labels uniformly from all C classes, so about 1/C of them stay correct."""
+
     dataset: str = "digits"
     data_dir: str | None = None
     train_subset: int | None = None
     augment: bool | None = None  # None: crop+flip for natural images, crop only for digits/clothes
     label_noise: float = 0.0
+    label_noise_mode: str = "flip"
 
     def validate(self) -> None:
         from sglr_keras.data import validate_dataset_name
 
         validate_dataset_name(self.dataset)
         _check_range("data.label_noise", self.label_noise, 0.0, 1.0, hi_open=True)
+        _check_choice("data.label_noise_mode", self.label_noise_mode, LABEL_NOISE_MODES)
         if self.train_subset is not None:
             _check_int("data.train_subset", self.train_subset, 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = "small_cnn"
     width: float = 1.0
@@ -99,7 +110,7 @@ class ModelConfig:
         _check_range("model.width", self.width, 0.0, 16.0, lo_open=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttackConfig:
     """L-inf PGD used to make training examples (the inner maximisation)."""
 
@@ -114,19 +125,21 @@ class AttackConfig:
         _check_int("attack.steps", self.steps, 0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerConfig:
     """SGD as in the paper. Weight decay is the coupled L2 of PyTorch's SGD.
 
     ``lr_milestones`` are epochs (whole numbers) or fractions of the run in (0, 1):
     the default [0.5, 0.75] is the paper's x0.1 at epochs 100 and 150 of 200.
+    Epochs count from 1, as in the reference code: milestone 100 means the lr is
+    multiplied from the first step of epoch 100 on (99 epochs at the initial lr).
     """
 
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-    lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
     lr_gamma: float = 0.1
 
     def milestone_epochs(self, epochs: int) -> list[int]:
@@ -137,8 +150,8 @@ class OptimizerConfig:
         _check_range("optimizer.momentum", self.momentum, 0.0, 1.0, hi_open=True)
         _check_range("optimizer.weight_decay", self.weight_decay, 0.0, 1.0)
         _check_range("optimizer.lr_gamma", self.lr_gamma, 0.0, 1.0, lo_open=True)
-        milestones = self.lr_milestones
-        if (not isinstance(milestones, list) or any(isinstance(m, bool) or not isinstance(m, (int, float))
+        milestones = list(self.lr_milestones)
+        if (any(isinstance(m, bool) or not isinstance(m, (int, float))
                                                     or m <= 0 or (m > 1 and m != int(m)) for m in milestones)
                 or milestones != sorted(set(milestones))):
             raise UserError(
@@ -147,7 +160,7 @@ class OptimizerConfig:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class SGLRConfig:
     """Self-Guided Label Refinement hyperparameters (shared/method.md).
 
@@ -173,23 +186,29 @@ class SGLRConfig:
             _check_choice("sglr.preset", self.preset, tuple(SGLR_PRESETS))
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
-    """Per-epoch evaluation on fixed subsets (seeded, the same every epoch)."""
+    """Per-epoch evaluation on fixed subsets (seeded, the same every epoch).
+
+    ``every``: epochs between evaluations. The last epoch and the first epoch at
+    each new learning rate are always evaluated; the best checkpoint is picked
+    among evaluated epochs only."""
 
     n_test: int = 1000
     n_train: int = 1000
     pgd_steps: int = 10
     batch_size: int = 256
+    every: int = 1
 
     def validate(self) -> None:
+        _check_int("evaluation.every", self.every, 1)
         _check_int("evaluation.n_test", self.n_test, 1)
         _check_int("evaluation.n_train", self.n_train, 0)
         _check_int("evaluation.pgd_steps", self.pgd_steps, 1)
         _check_int("evaluation.batch_size", self.batch_size, 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     method: str = "pgd-at"
     epochs: int = 30
@@ -225,7 +244,8 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON-able values (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def fingerprint(self) -> str:
         """A canonical JSON string of what decides the training trajectory."""
@@ -235,6 +255,8 @@ class TrainConfig:
 def _check_range(key, value, lo, hi, lo_open=False, hi_open=False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"config key '{key}': {value!r} is not a number")
+    if not math.isfinite(value):
+        raise UserError(f"config key '{key}': {value} is not a finite number; give a value in range")
     below = value <= lo if lo_open else value < lo
     above = value >= hi if hi_open else value > hi
     if below or above:
@@ -249,7 +271,19 @@ def _check_int(key, value, lo) -> None:
 
 def _check_choice(key, value, allowed) -> None:
     if value not in allowed:
-        raise UserError(f"config key '{key}': unknown value {value!r}; choose one of {', '.join(allowed)}")
+        raise UserError(f"config key '{key}': unknown value {value!r}{did_you_mean(value, allowed)}; "
+                        f"choose one of {', '.join(allowed)}")
+
+
+def did_you_mean(value, allowed) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed name, or nothing."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def build_section(cls, raw: dict[str, Any], prefix: str = ""):
+    """A config dataclass from a mapping, every key known and every value type-checked."""
+    return _build(cls, raw, prefix)
 
 
 def _build(cls, raw: dict[str, Any], prefix: str = ""):
@@ -261,7 +295,8 @@ def _build(cls, raw: dict[str, Any], prefix: str = ""):
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UserError(
-            f"unknown config key '{prefix}{unknown[0]}'; allowed keys here: {', '.join(sorted(known))}"
+            f"unknown config key '{prefix}{unknown[0]}'{did_you_mean(unknown[0], sorted(known))}; "
+            f"allowed keys here: {', '.join(sorted(known))}"
         )
     kwargs = {}
     for name, value in raw.items():
@@ -274,16 +309,49 @@ def _build(cls, raw: dict[str, Any], prefix: str = ""):
     return cls(**kwargs)
 
 
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
 def _coerce(hint, value, key):
+    """``value`` as the type ``hint`` names (bool, int, float, str, an optional of
+    one of them, or a tuple of floats), or a UserError naming key, value and type."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        (item,) = set(get_args(hint)) - {Ellipsis}
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}': {value!r} must be a list, e.g. [0.5, 0.75]")
+        return tuple(_coerce(item, v, key) for v in value)
+    allowed = get_args(hint) if origin is not None else (hint,)
     if value is None:
-        return None
-    allowed = get_args(hint) if get_origin(hint) is not None else (hint,)
-    if float in allowed and not isinstance(value, bool):
-        value = _fraction(value, key)
-        if isinstance(value, int):
-            value = float(value)
-    if int in allowed and isinstance(value, float) and value.is_integer() and float not in allowed:
+        if type(None) in allowed:
+            return None
+        raise UserError(f"config key '{key}': a value is required ({_TYPE_NAMES[allowed[0]]})")
+    kind = next(t for t in allowed if t is not type(None))
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key '{key}': {value!r} must be true or false")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key '{key}': {value!r} must be a string")
+        return value
+    if isinstance(value, bool):
+        raise UserError(f"config key '{key}': {value!r} must be {_TYPE_NAMES[kind]}")
+    if kind is float:
+        value = float(_fraction(value, key))
+        if not math.isfinite(value):
+            raise UserError(f"config key '{key}': {value} is not a finite number")
+        return value
+    # int
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise UserError(f"config key '{key}': {value!r} must be a whole number")
+    if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if not isinstance(value, int):
+        raise UserError(f"config key '{key}': {value!r} must be a whole number")
     return value
 
 
@@ -322,13 +390,39 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Load a YAML config (or the defaults), apply dotted-key overrides, validate.
+def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["model.width=0.5", "data.augment=false"]`` as a nested mapping; values
+    are read as YAML (numbers, true/false, null, lists, 8/255 stays a string)."""
+    nested: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {assignment!r} must look like section.key=value, e.g. model.width=0.5")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {assignment!r}: '{part}' is a value, not a section")
+            node = child
+        node[leaf] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                assignments: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Load a YAML config (or the defaults), apply ``--set`` assignments, then
+    dotted-key overrides (CLI flags), validate.
 
     ``overrides`` maps dotted keys (``"data.dataset"``) to values; ``None`` values
     are ignored so that unset CLI flags keep the file's value.
     """
     raw = read_yaml(path) if path is not None else {}
+    raw = merge_raw(raw, parse_assignments(assignments))
     nested: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:

@@ -22,30 +22,31 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sglr_keras.config import SGLR_METHODS, TrainConfig, _check_int, config_from_raw, merge_raw, read_yaml
+from sglr_keras.attacks import ALL, ATTACK_NAMES
+from sglr_keras.config import (SGLR_METHODS, TrainConfig, _check_choice, _check_int, build_section, config_from_raw,
+                               did_you_mean, merge_raw, read_yaml)
 from sglr_keras.errors import UserError
-from sglr_keras.evaluation import ALL, ATTACKS
 from sglr_keras.io import atomic_write_text
 
 CHECKPOINTS = ("best", "last")
 EXPERIMENT_KEYS = {"name", "description", "base", "runs", "final_evaluation"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinalEvaluation:
     """How the best and last checkpoints of each run are attacked."""
 
     n_examples: int = 1000
-    attacks: list[str] = field(default_factory=lambda: ["pgd", "cw", "autoattack"])
+    attacks: tuple[str, ...] = ("pgd", "cw", "autoattack")
     # AutoAttack's Square alone spends 5000 forward passes per robust point; on a
     # CPU it may run on the first ``autoattack_examples`` points only (None: all),
     # with PGD-20 repeated there so the PGD-AutoAttack spread compares like with like.
     autoattack_examples: int | None = None
-    checkpoints: list[str] = field(default_factory=lambda: list(CHECKPOINTS))
+    checkpoints: tuple[str, ...] = CHECKPOINTS
     batch_size: int = 256
     seed: int = 0
 
@@ -55,13 +56,12 @@ class FinalEvaluation:
         _check_int("final_evaluation.seed", self.seed, 0)
         if self.autoattack_examples is not None:
             _check_int("final_evaluation.autoattack_examples", self.autoattack_examples, 1)
-        known = set(ATTACKS) | set(ALL)
         for name in self.attacks:
-            if name not in known:
-                raise UserError(f"final_evaluation.attacks: unknown attack {name!r}; choose from {', '.join(sorted(known))}")
+            if name not in (*ATTACK_NAMES, "all"):
+                raise UserError(f"final_evaluation.attacks: unknown attack {name!r}"
+                                f"{did_you_mean(name, ATTACK_NAMES)}; choose from {', '.join(ATTACK_NAMES)}, all")
         for name in self.checkpoints:
-            if name not in CHECKPOINTS:
-                raise UserError(f"final_evaluation.checkpoints: {name!r} is not one of {', '.join(CHECKPOINTS)}")
+            _check_choice("final_evaluation.checkpoints", name, CHECKPOINTS)
 
 
 @dataclass
@@ -94,12 +94,16 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(runs, dict) or not runs:
         raise UserError(f"experiment '{path}' needs a 'runs' mapping of run name to config overrides")
     final_raw = raw.get("final_evaluation") or {}
+    allowed = list(FinalEvaluation.__dataclass_fields__)
+    unknown = sorted(set(final_raw) - set(allowed)) if isinstance(final_raw, dict) else []
+    if unknown:
+        raise UserError(f"experiment '{path}': unknown key '{unknown[0]}'{did_you_mean(unknown[0], allowed)}; "
+                        f"final_evaluation takes only {', '.join(allowed)}")
     try:
-        final = FinalEvaluation(**final_raw)
-    except TypeError:
-        allowed = ", ".join(FinalEvaluation.__dataclass_fields__)
-        raise UserError(f"experiment '{path}': final_evaluation takes only {allowed}")
-    final.validate()
+        final = build_section(FinalEvaluation, final_raw, "final_evaluation.")
+        final.validate()
+    except UserError as err:
+        raise UserError(f"experiment '{path}': {err}")
     experiment = Experiment(str(raw.get("name") or path.stem), str(raw.get("description") or ""), base,
                             {str(k): v or {} for k, v in runs.items()}, final, path)
     for run in experiment.runs:
@@ -130,8 +134,12 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
     from sglr_keras.checkpoints import load_classifier
     from sglr_keras.evaluation import evaluate
 
-    settings = {**asdict(final), "eps": config.attack.eps, "skip": config.evaluation.n_test,
-                "checkpoint_mtime_ns": checkpoint.stat().st_mtime_ns}
+    from sglr_keras.training.run import read_selection_points
+
+    selection = read_selection_points(checkpoint.parent)
+    settings = {**json.loads(json.dumps(asdict(final))), "eps": config.attack.eps,
+                "selection_points": _digest(selection["test_indices"]) if selection else None,
+                "checkpoint_sha256": file_digest(checkpoint)}
     cache = final_evaluation_path(checkpoint)
     if cache.is_file():
         try:
@@ -140,7 +148,12 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
                 return cached
         except json.JSONDecodeError:
             pass
-    x, y = load_bundle().test_subset(final.n_examples, final.seed, skip=config.evaluation.n_test)
+    bundle = load_bundle()
+    if selection is None:
+        raise UserError(f"'{checkpoint.parent}' has no selection_points.json, so the points that picked the best "
+                        "epoch are unknown; rerun the same sglr train command in that folder to write it")
+    indices = bundle.test_indices(final.n_examples, final.seed, exclude=selection["test_indices"])
+    x, y = bundle.test_points(indices)
     if len(y) == 0:
         raise UserError(f"the test set has no points left after the {config.evaluation.n_test} used to pick "
                         "the best checkpoint; lower evaluation.n_test")
@@ -167,8 +180,25 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
                                         "clean_accuracy": on_subset["clean_accuracy"],
                                         "pgd": on_subset["robust_accuracy"]["pgd"]}
     results["settings"] = settings
+    results["test_indices_digest"] = _digest(indices.tolist())
     atomic_write_text(cache, json.dumps(results, indent=2))
     return results
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _digest(values: list[int]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
 
 
 def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict[str, dict]) -> dict:

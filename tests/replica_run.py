@@ -36,7 +36,8 @@ class Capture(keras.callbacks.Callback):
 def run(out, replicas):
     config = load_config(None, {
         "method": "sglr", "epochs": 1, "batch_size": 64, "seed": 0, "data.dataset": "synthetic",
-        "data.train_subset": 128, "data.augment": False, "model.arch": "small_cnn", "model.width": 0.5, "model.sync_batchnorm": True,
+        "data.train_subset": 128, "data.augment": False, "model.arch": "small_cnn", "model.width": 0.5,
+        "model.sync_batchnorm": True,
         "attack.steps": 2, "optimizer.lr": 0.05, "sglr.alpha": 0.5, "evaluation.n_test": 32,
         "evaluation.n_train": 0, "cpu_replicas": replicas, "strategy": "mirrored" if replicas > 1 else "default",
     })

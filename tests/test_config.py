@@ -24,7 +24,8 @@ def test_preset_fills_values_and_explicit_keys_win(tmp_path):
     path.write_text("method: sglr\nepochs: 200\nsglr: {preset: reference-code, alpha: 0.8}\n")
     config = load_config(path)
     assert config.sglr.r == SGLR_PRESETS["reference-code"]["r"] == 1.0
-    assert config.sglr.warmup_epochs == 90
+    # The reference code's es=90 (epochs from 1): 89 hard-label epochs (issue 12).
+    assert config.sglr.warmup_epochs == 89
     assert config.sglr.alpha == 0.8
 
 

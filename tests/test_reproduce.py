@@ -3,7 +3,6 @@ last checkpoints on held-out test points, reports, and resumes without redoing w
 
 import json
 
-import numpy as np
 import pytest
 import yaml
 

@@ -9,8 +9,7 @@ from sglr_keras import sglr
 from sglr_keras.config import load_config
 from sglr_keras.models import build_model
 from sglr_keras.training.objectives import smoothed_labels, trades_loss
-from sglr_keras.training.run import make_optimizer
-from sglr_keras.training.trainer import AdversarialTrainer
+from sglr_keras.training.run import build_trainer, make_optimizer
 
 
 def _softmax(z):
@@ -72,16 +71,18 @@ def _trainer(method="sglr", warmup=0, table_dtype="float32"):
     })
     labels = np.arange(N) % C
     classifier = build_model("small_cnn", (8, 8, 1), C, width=0.25)
-    trainer = AdversarialTrainer(classifier, config, labels, C)
+    trainer = build_trainer(classifier, config, labels, C)
     trainer.compile(optimizer=make_optimizer(config, steps=1))
     return trainer, labels
 
 
-def _fit_batch(trainer, labels, indices):
+def _fit_batch(trainer, labels, indices, epoch=0):
+    """One step in (0-based) ``epoch``, through a plain ``fit``."""
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(len(indices), 8, 8, 1)).astype(np.float32)
     batch = (x, labels[indices].astype(np.int32), np.asarray(indices, np.int32))
-    trainer.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0, shuffle=False)
+    trainer.fit(tf.data.Dataset.from_tensors(batch), initial_epoch=epoch, epochs=epoch + 1, verbose=0,
+                shuffle=False)
 
 
 def test_table_starts_one_hot_and_only_batch_rows_change():
@@ -102,12 +103,45 @@ def test_table_starts_one_hot_and_only_batch_rows_change():
 
 def test_warmup_uses_hard_labels_and_leaves_the_table_alone():
     trainer, labels = _trainer(warmup=1)
-    trainer.set_epoch(0)
-    _fit_batch(trainer, labels, [0, 1, 2, 3])
+    _fit_batch(trainer, labels, [0, 1, 2, 3], epoch=0)
     np.testing.assert_array_equal(trainer.soft_label_table.numpy_rows(), np.eye(C)[labels])
-    trainer.set_epoch(1)
-    _fit_batch(trainer, labels, [0, 1, 2, 3])
+    _fit_batch(trainer, labels, [0, 1, 2, 3], epoch=1)
     assert not np.allclose(trainer.soft_label_table.numpy_rows()[:4], np.eye(C)[labels[:4]])
+
+
+class _TableAfterEachEpoch(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append(self.model.soft_label_table.numpy_rows().copy())
+
+
+@pytest.mark.parametrize("method", ["sglr", "trades-sglr"])
+def test_a_plain_fit_refines_from_the_first_epoch_after_the_warmup(method):
+    # warmup_epochs 2: epochs 1 and 2 (1-based) train on hard labels, epoch 3 is the
+    # first refined one, as the reference code's es=3 with epochs counted from 1.
+    trainer, labels = _trainer(method, warmup=2)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(8, 8, 8, 1)).astype(np.float32)
+    batch = (x, labels[:8].astype(np.int32), np.arange(8, dtype=np.int32))
+    recorder = _TableAfterEachEpoch()
+    trainer.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=4, steps_per_epoch=1, verbose=0,
+                callbacks=[recorder])
+    one_hot = np.eye(C)[labels]
+    np.testing.assert_array_equal(recorder.rows[0], one_hot)
+    np.testing.assert_array_equal(recorder.rows[1], one_hot)
+    assert not np.allclose(recorder.rows[2][:8], one_hot[:8])
+    assert not np.allclose(recorder.rows[3][:8], recorder.rows[2][:8])
+
+
+def test_reference_code_preset_refines_from_epoch_90_of_200():
+    config = load_config(None, {"method": "sglr", "epochs": 200, "sglr.preset": "reference-code"})
+    objective = build_trainer(build_model("small_cnn", (8, 8, 1), C, width=0.25), config, np.arange(N) % C,
+                              C).objective
+    refined = [epoch + 1 for epoch in range(200) if (objective.set_epoch(epoch) or True) and objective.refining]
+    assert refined[0] == 90 and refined[-1] == 200 and len(refined) == 111
 
 
 def test_checkpoint_round_trip_restores_the_table_exactly(tmp_path):

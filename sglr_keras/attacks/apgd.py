@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from sglr_keras.attacks.losses import cross_entropy, dlr, targeted_dlr
+from sglr_keras.attacks.losses import check_attack_settings, cross_entropy, dlr, targeted_dlr
 from sglr_keras.attacks.pgd import project
 
 MOMENTUM = 0.75
@@ -46,10 +46,13 @@ def _lp_normalise(v, norm):
 class APGD:
     # Compiles its own model calls; the bookkeeping between them is Python.
     runs_eagerly = True
+
     def __init__(self, eps=8 / 255, norm="Linf", loss="ce", n_iter=100, n_restarts=1, targeted=False,
                  n_target_classes=9, eot_iter=1, seed=0):
-        if norm not in ("Linf", "L2"):
-            raise ValueError(f"norm must be Linf or L2, got {norm!r}")
+        check_attack_settings("APGD", eps, norm, n_iter=n_iter, n_restarts=n_restarts,
+                              n_target_classes=n_target_classes, eot_iter=eot_iter)
+        if not targeted and loss not in ("ce", "dlr"):
+            raise ValueError(f"APGD: loss must be 'ce' or 'dlr' (or targeted=True), got {loss!r}")
         self.eps, self.norm, self.loss, self.n_iter = eps, norm, loss, n_iter
         self.n_restarts, self.targeted, self.n_target_classes, self.seed = n_restarts, targeted, n_target_classes, seed
         self.eot_iter = eot_iter

@@ -15,13 +15,19 @@ Versions, with the reference implementation's settings:
   draws per gradient.
 
 With ``norm="L2"`` the suite keeps only the APGD attacks (Square and FAB here are
-L-inf only) and says so in ``notes``.
+L-inf only; the reference runs L2 FAB-T and Square too), so it is weaker than
+the reference's L2 AutoAttack. ``label`` says so, and every table, JSON file and
+model card carries the label next to the number.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import tensorflow as tf
+
 from sglr_keras.attacks.apgd import APGD
 from sglr_keras.attacks.fab import FAB
+from sglr_keras.attacks.losses import check_attack_settings
 from sglr_keras.attacks.square import Square
 
 VERSIONS = ("standard", "plus", "rand")
@@ -51,12 +57,36 @@ class AutoAttack:
     """The suite as one attack: ``run`` reports robust accuracy after each stage."""
 
     name = "autoattack"
+    runs_eagerly = True
 
     def __init__(self, eps=8 / 255, norm="Linf", version="standard", seed=0):
+        check_attack_settings("AutoAttack", eps, norm)
         self.eps, self.norm, self.version = eps, norm, version
         self.attacks = suite(eps, norm, version, seed)
-        self.notes = [] if norm == "Linf" or version == "rand" else [
-            "Square and FAB are L-inf only here; the L2 suite ran the APGD attacks alone"]
+        partial = norm != "Linf" and version != "rand"
+        self.label = ("AutoAttack-L2 partial (" + " + ".join(a.name.upper() for a in self.attacks) + ")"
+                      if partial else f"AutoAttack ({version})")
+        self.notes = [] if not partial else [
+            "Square and FAB are L-inf only here; this L2 suite ran the APGD attacks alone "
+            "(the reference L2 AutoAttack also runs FAB-T and Square), so it may overestimate robustness"]
+
+    def perturb(self, model, x, y):
+        """The suite as a plain attack: each point keeps the first adversarial
+        example any stage finds (points no stage breaks come back unchanged)."""
+        x = np.asarray(x, np.float32)
+        y = np.asarray(y, np.int32)
+        x_adv = x.copy()
+        predict = tf.function(lambda xb: model(xb, training=False), reduce_retracing=True)
+        robust = np.argmax(predict(tf.constant(x)).numpy(), axis=-1) == y
+        for attack in self.attacks:
+            remaining = np.flatnonzero(robust)
+            if len(remaining) == 0:
+                break
+            candidate = np.asarray(attack.perturb(model, tf.constant(x[remaining]), tf.constant(y[remaining])))
+            fooled = np.argmax(predict(tf.constant(candidate)).numpy(), axis=-1) != y[remaining]
+            x_adv[remaining[fooled]] = candidate[fooled]
+            robust[remaining[fooled]] = False
+        return x_adv
 
     def run(self, runner, x, y, clean_correct, on_stage=None, on_batch=None):
         """Attack in sequence; returns one AttackResult per stage, each with the

@@ -27,13 +27,16 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from sglr_keras.attacks.losses import check_attack_settings
+
 BISECTION_STEPS = 30
 
 
 def project_linf_hyperplane(x, w, f):
     """The smallest L-inf step d with f + w.d = 0 and 0 <= x + d <= 1, for a
-    batch of flattened points x (N, D), normals w (N, D) and values f (N,). Solved by bisection on the radius r: the largest reachable
-    change of f within radius r is monotone in r. Where the box makes the
+    batch of flattened points x (N, D), normals w (N, D) and values f (N,).
+    Solved by bisection on the radius r: the largest reachable change of f
+    within radius r is monotone in r. Where the box makes the
     hyperplane unreachable, returns the step that gets closest."""
     direction = -tf.sign(f)[:, None] * tf.sign(w)  # move each coordinate so as to bring f to 0
 
@@ -60,6 +63,8 @@ class FAB:
 
     def __init__(self, eps=8 / 255, n_iter=100, n_restarts=1, targeted=True, n_target_classes=9,
                  alpha_max=0.1, eta=1.05, beta=0.9, seed=0):
+        check_attack_settings("FAB", eps, "Linf", n_iter=n_iter, n_restarts=n_restarts,
+                              n_target_classes=n_target_classes)
         self.eps, self.n_iter, self.n_restarts, self.targeted = eps, n_iter, n_restarts, targeted
         self.n_target_classes, self.alpha_max, self.eta, self.beta, self.seed = (
             n_target_classes, alpha_max, eta, beta, seed)

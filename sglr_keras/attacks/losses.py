@@ -1,6 +1,22 @@
 """Per-example losses that attacks ascend. All take logits (N, C) and int labels (N,)."""
 
+import math
+
 import tensorflow as tf
+
+
+def check_attack_settings(name: str, eps: float, norm: str = "Linf", **counts: int) -> None:
+    """Refuse settings an attack would silently misread: a norm other than Linf/L2,
+    an eps that is not a finite positive number (at most 1 for L-inf), counts
+    (iterations, restarts, queries, targets) below 1."""
+    if norm not in ("Linf", "L2"):
+        raise ValueError(f"{name}: norm must be Linf or L2, got {norm!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0 \
+            or (norm == "Linf" and eps > 1):
+        raise ValueError(f"{name}: eps must be a finite number in (0, {'1' if norm == 'Linf' else 'inf'}), got {eps!r}")
+    for key, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: {key} must be a whole number >= 1, got {value!r}")
 
 
 def cross_entropy(logits, labels):
@@ -32,6 +48,14 @@ def targeted_dlr(logits, labels, targets):
     sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")
     denominator = sorted_logits[:, 0] - 0.5 * (sorted_logits[:, 2] + sorted_logits[:, 3]) + 1e-12
     return -(z_true - z_target) / denominator
+
+
+def kl_divergence(logits_p, logits_q):
+    """KL(p || q) per example, p = softmax(logits_p), q = softmax(logits_q); the
+    TRADES regulariser (Zhang et al. 2019) and the loss its attack ascends."""
+    log_p = tf.nn.log_softmax(logits_p, axis=-1)
+    log_q = tf.nn.log_softmax(logits_q, axis=-1)
+    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
 
 
 LOSSES = {"ce": cross_entropy, "cw": cw_margin, "dlr": dlr}

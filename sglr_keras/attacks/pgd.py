@@ -16,9 +16,11 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
-from sglr_keras.attacks.losses import LOSSES
+from sglr_keras.attacks.losses import LOSSES, check_attack_settings
 
 
 def project(x_adv, x, eps, norm="Linf"):
@@ -57,13 +59,16 @@ def ascend(model, x, x_start, loss_fn, eps, step_size, steps, norm="Linf"):
     return tf.stop_gradient(x_adv)
 
 
-def random_start(x, eps, norm="Linf"):
+def random_start(x, eps, norm="Linf", generator: tf.random.Generator | None = None):
+    """A uniform point of the L-inf ball, or a random direction and radius in the
+    L2 ball; drawn from ``generator`` when given (reproducible), else globally."""
+    rng = generator or tf.random
     if norm == "Linf":
-        return x + tf.random.uniform(tf.shape(x), -eps, eps, dtype=x.dtype)
-    noise = tf.random.normal(tf.shape(x), dtype=x.dtype)
+        return x + rng.uniform(tf.shape(x), -eps, eps, dtype=x.dtype)
+    noise = rng.normal(tf.shape(x), dtype=x.dtype)
     axes = tf.range(1, tf.rank(x))
     noise /= tf.sqrt(tf.reduce_sum(tf.square(noise), axis=axes, keepdims=True)) + 1e-12
-    radius = tf.random.uniform(tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], 0), 0, 1)
+    radius = rng.uniform(tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], 0), 0, 1)
     return x + eps * radius * noise
 
 
@@ -71,11 +76,17 @@ class PGD:
     name = "pgd"
 
     def __init__(self, eps=8 / 255, step_size=2 / 255, steps=20, random_start=True, loss="ce",
-                 norm="Linf", restarts=1):
-        if norm not in ("Linf", "L2"):
-            raise ValueError(f"norm must be Linf or L2, got {norm!r}")
+                 norm="Linf", restarts=1, generator: tf.random.Generator | None = None):
+        check_attack_settings("PGD", eps, norm, steps=steps, restarts=restarts)
+        if loss not in LOSSES:
+            raise ValueError(f"PGD: loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if not (math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"PGD: step_size must be a finite number > 0, got {step_size!r}")
         self.eps, self.step_size, self.steps = eps, step_size, steps
         self.random_start, self.loss, self.norm, self.restarts = random_start, loss, norm, restarts
+        # Holding the generator (a variable) keeps draws reproducible inside a traced
+        # function: resetting its seed resets the random starts.
+        self.generator = generator
 
     def perturb(self, model, x, y):
         """Adversarial examples for (x, y); over restarts, the first that fools the model wins."""
@@ -83,7 +94,7 @@ class PGD:
         y = tf.cast(y, tf.int32)
         best, fooled = None, None
         for _ in range(self.restarts):
-            start = random_start(x, self.eps, self.norm) if self.random_start else x
+            start = random_start(x, self.eps, self.norm, self.generator) if self.random_start else x
             x_adv = ascend(model, x, start, lambda logits: loss(logits, y), self.eps, self.step_size,
                            self.steps, self.norm)
             fools = tf.argmax(model(x_adv, training=False), -1, output_type=tf.int32) != y
@@ -101,5 +112,15 @@ class CW(PGD):
 
     name = "cw"
 
-    def __init__(self, eps=8 / 255, step_size=2 / 255, steps=30, random_start=True, norm="Linf", restarts=1):
-        super().__init__(eps, step_size, steps, random_start, "cw", norm, restarts)
+    def __init__(self, eps=8 / 255, step_size=2 / 255, steps=30, random_start=True, norm="Linf", restarts=1,
+                 generator: tf.random.Generator | None = None):
+        super().__init__(eps, step_size, steps, random_start, "cw", norm, restarts, generator)
+
+
+class ReferencePGD(PGD):
+    """PGD as the SGLR authors evaluate (their README: eps 0.031, step 0.003, 20
+    steps): every point is attacked and counted by its adversarial prediction
+    alone, with no clean-correct mask."""
+
+    name = "pgd-reference"
+    attacks_all_points = True

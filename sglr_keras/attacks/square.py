@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from sglr_keras.attacks.losses import check_attack_settings
+
 # (fraction of the budget after which p is divided, divisor), from the paper's
 # schedule defined on 10,000 queries.
 P_SCHEDULE = ((0.0010, 2), (0.0050, 4), (0.0200, 8), (0.0500, 16), (0.1000, 32),
@@ -42,6 +44,9 @@ class Square:
     norm = "Linf"
 
     def __init__(self, eps=8 / 255, n_queries=5000, p_init=0.8, n_restarts=1, seed=0):
+        check_attack_settings("Square", eps, "Linf", n_queries=n_queries, n_restarts=n_restarts)
+        if not 0 < p_init <= 1:
+            raise ValueError(f"Square: p_init must be in (0, 1], got {p_init!r}")
         self.eps, self.n_queries, self.p_init, self.n_restarts, self.seed = eps, n_queries, p_init, n_restarts, seed
         self._compiled = {}
 

@@ -41,6 +41,8 @@ class DatasetBundle:
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: list[str]
+    # Fraction of training labels that differ from the data set's own (label noise).
+    wrong_label_fraction: float = 0.0
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +71,16 @@ class DatasetBundle:
     def train_subset(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         return _subset(self.x_train, self.y_train, n, seed)
 
+    def test_indices(self, n: int, seed: int = 0, exclude=()) -> np.ndarray:
+        """Sorted indices of ``n`` seeded test points, none of them in ``exclude``."""
+        order = np.random.default_rng(seed).permutation(len(self.y_test))
+        order = order[~np.isin(order, np.asarray(exclude, dtype=np.int64))]
+        return np.sort(order[:n])
+
+    def test_points(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        return self.x_test[indices].astype(np.float32) / 255.0, self.y_test[indices].astype(np.int32)
+
 
 def _subset(x, y, n, seed, skip=0):
     order = np.sort(np.random.default_rng(seed).permutation(len(y))[skip:skip + n])
@@ -90,6 +102,7 @@ def load_dataset(
     train_subset: int | None = None,
     label_noise: float = 0.0,
     seed: int = 0,
+    label_noise_mode: str = "flip",
 ) -> DatasetBundle:
     """Load data set ``name``; see the module docstring for the sources."""
     validate_dataset_name(name)
@@ -99,10 +112,13 @@ def load_dataset(
     if train_subset is not None:
         keep = balanced_subset(y_train, train_subset, seed)
         x_train, y_train = x_train[keep], y_train[keep]
+    wrong = 0.0
     if label_noise > 0:
-        y_train = symmetric_label_noise(y_train, label_noise, len(class_names), seed)
+        noisy = symmetric_label_noise(y_train, label_noise, len(class_names), seed, label_noise_mode)
+        wrong = float(np.mean(noisy != y_train)) if len(y_train) else 0.0
+        y_train = noisy
     return DatasetBundle(name.split(":")[0] if name.startswith("npz:") else name,
-                         x_train, y_train, x_test, y_test, list(class_names))
+                         x_train, y_train, x_test, y_test, list(class_names), wrong)
 
 
 def _read(name: str, data_dir: str | None) -> sources.Arrays:
@@ -163,10 +179,22 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(chosen))
 
 
-def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int) -> np.ndarray:
-    """Replace the labels of exactly round(rate * N) seeded examples by another class."""
+def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int,
+                          mode: str = "flip") -> np.ndarray:
+    """Symmetric label noise on seeded examples.
+
+    ``flip``: exactly round(rate * N) examples get another class. ``redraw`` (the
+    SGLR reference code's convention): int(rate * N) examples get a label drawn
+    uniformly from all C classes, so about 1/C of them keep their true label.
+    """
     rng = np.random.default_rng(seed + 7919)
     noisy = labels.copy()
+    if mode == "redraw":
+        chosen = rng.permutation(len(labels))[: int(rate * len(labels))]
+        noisy[chosen] = rng.integers(0, num_classes, size=len(chosen))
+        return noisy
+    if mode != "flip":
+        raise ValueError(f"label noise mode must be flip or redraw, got {mode!r}")
     flip = rng.permutation(len(labels))[: int(round(rate * len(labels)))]
     shift = rng.integers(1, num_classes, size=len(flip))
     noisy[flip] = (labels[flip] + shift) % num_classes

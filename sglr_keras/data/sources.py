@@ -159,7 +159,8 @@ def read_npz(path: Path) -> Arrays:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
             if missing:
-                raise UserError(f"npz file '{path}' lacks {', '.join(sorted(missing))}; it needs x_train, y_train, x_test, y_test")
+                raise UserError(f"npz file '{path}' lacks {', '.join(sorted(missing))}; "
+                                "it needs x_train, y_train, x_test, y_test")
             arrays = [archive[k] for k in ("x_train", "y_train", "x_test", "y_test")]
             names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
     except (ValueError, OSError) as err:

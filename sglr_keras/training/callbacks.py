@@ -12,12 +12,18 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sglr_keras import evaluation, sglr
 from sglr_keras.attacks.pgd import PGD
 from sglr_keras.io import atomic_write_text, atomic_save_model, atomic_save_weights
+from sglr_keras.run_folder import RunFolder
+
+
+# Evaluation seeds are seed * stride + epoch: distinct for every (seed, epoch < stride).
+EPOCH_SEED_STRIDE = 100_003
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,21 +49,36 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 class EpochEvaluation(keras.callbacks.Callback):
     """Test and train clean / PGD accuracy on fixed subsets, ECE, table entropy,
-    learning rate; added to the epoch's logs so every later callback sees them."""
+    learning rate; added to the epoch's logs so every later callback sees them.
 
-    def __init__(self, test_data, train_data, attack: PGD, batch_size: int):
+    The attack's random start is drawn from a generator reset to (seed, epoch)
+    before each evaluation, so a resumed run evaluates exactly as an
+    uninterrupted one. ``epochs_to_evaluate`` (1-based; None: all) skips the others.
+    """
+
+    def __init__(self, test_data, train_data, attack: PGD, batch_size: int, seed: int = 0,
+                 epochs_to_evaluate: set[int] | None = None):
         super().__init__()
         self.test_data, self.train_data = test_data, train_data
-        self.attack, self.batch_size = attack, batch_size
+        self.batch_size, self.seed = batch_size, seed
+        self.generator = tf.random.Generator.from_seed(seed)
+        self.attack = PGD(attack.eps, attack.step_size, attack.steps, attack.random_start, attack.loss,
+                          attack.norm, attack.restarts, generator=self.generator)
+        self.epochs_to_evaluate = epochs_to_evaluate
         self.runner = None
         self.epoch_start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.set_epoch(epoch)
         self.epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         logs["train_seconds"] = time.perf_counter() - self.epoch_start
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if self.epochs_to_evaluate is not None and epoch + 1 not in self.epochs_to_evaluate:
+            logs["seconds"] = time.perf_counter() - self.epoch_start
+            return
+        eval_start = time.perf_counter()
+        self.generator.reset_from_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
         self.runner = self.runner or evaluation.ModelRunner(self.model.classifier, self.batch_size)
         for prefix, (x, y) in (("test", self.test_data), ("train", self.train_data)):
             if len(y) == 0:
@@ -73,7 +94,7 @@ class EpochEvaluation(keras.callbacks.Callback):
             logs["robust_gap"] = logs["train_robust_acc"] - logs["test_robust_acc"]
         if self.model.soft_label_table is not None:
             logs["table_entropy"] = sglr.row_entropy(self.model.soft_label_table.numpy_rows())
-        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["eval_seconds"] = time.perf_counter() - eval_start
         logs["seconds"] = time.perf_counter() - self.epoch_start
 
 
@@ -91,17 +112,20 @@ class RunRecorder(keras.callbacks.Callback):
         record = {"epoch": epoch + 1, **{k: _plain(v) for k, v in logs.items()}}
         self.history.append(record)
         classifier = self.model.classifier
+        folder = RunFolder(self.run_dir)
         improved = record.get("test_robust_acc", -1.0) > self.best["test_robust_acc"]
         if improved:
             self.best = {"epoch": epoch + 1, "test_robust_acc": record["test_robust_acc"]}
-            atomic_save_model(classifier, self.run_dir / "best.keras")
-        atomic_save_model(classifier, self.run_dir / "last.keras")
-        state = self.run_dir / "state"
-        state.mkdir(exist_ok=True)
-        atomic_save_weights(self.model, state / "trainer.weights.h5")
-        # The JSON goes last: it names the epoch the weights above belong to.
-        atomic_write_text(state / "state.json", json.dumps({"epoch": epoch + 1, "best": self.best}))
+            atomic_save_model(classifier, folder.checkpoint("best"))
+        atomic_save_model(classifier, folder.checkpoint("last"))
+        folder.state_dir.mkdir(exist_ok=True)
+        atomic_save_weights(self.model, folder.trainer_weights)
         write_history(self.run_dir, self.history)
+        # state.json is the commit point and goes last: it names the epoch the files
+        # above belong to. Killed before it, a resume retrains this epoch from the
+        # previous state (bit-identical: data order and noise are functions of the
+        # seed, step and example) and overwrites what was written.
+        atomic_write_text(folder.state, json.dumps({"epoch": epoch + 1, "best": self.best}))
 
 
 def _plain(value) -> float:
@@ -110,17 +134,18 @@ def _plain(value) -> float:
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
-    atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    folder = RunFolder(run_dir)
+    atomic_write_text(folder.history_jsonl, "".join(json.dumps(r) + "\n" for r in history))
     columns = list(dict.fromkeys(k for record in history for k in record))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_text(run_dir / "history.csv", buffer.getvalue())
+    atomic_write_text(folder.history_csv, buffer.getvalue())
 
 
 def read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / "history.jsonl"
+    path = RunFolder(run_dir).history_jsonl
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

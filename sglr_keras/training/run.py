@@ -1,10 +1,9 @@
 """``train(config, out_dir)``: one training run, from data to checkpoints.
 
-A run folder holds ``config.json`` (the resolved config), ``run.json`` (data set
-and model facts), ``history.csv`` / ``history.jsonl``, ``best.keras`` and
-``last.keras`` (plain Keras classifiers), ``state/`` (trainer weights with the
-optimizer and the soft-label table, and the epoch they belong to) and, when the
-run ends, ``summary.json``.
+The run folder's layout is :class:`sglr_keras.run_folder.RunFolder`. This module
+is also the one place that maps a config to the trainer's parts
+(:func:`build_attack`, :func:`build_objective`): no other module compares method
+names.
 """
 
 from __future__ import annotations
@@ -14,33 +13,79 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 from rich.console import Console
 
 from sglr_keras import distribute
 from sglr_keras.attacks.pgd import PGD
+from sglr_keras.attacks.training import NoAttack, TradesKL, TrainingPGD
 from sglr_keras.config import TrainConfig, config_from_dict
 from sglr_keras.data import DatasetBundle, load_dataset
 from sglr_keras.data.pipeline import steps_per_epoch, train_dataset
 from sglr_keras.errors import UserError
 from sglr_keras.io import atomic_write_text
 from sglr_keras.models import build_model
+from sglr_keras.run_folder import RunFolder
+from sglr_keras.training import objectives
 from sglr_keras.training.callbacks import (EpochEvaluation, NonFiniteGuard, NonFiniteLossError, RichProgress,
                                            RunRecorder, read_history, write_history)
 from sglr_keras.training.trainer import AdversarialTrainer
 
-RUN_ARTEFACTS = ("config.json", "run.json", "history.csv", "history.jsonl", "best.keras",
-                 "last.keras", "summary.json", "state")
-# Extending a finished run (more epochs) is a resume, not a different experiment.
+# Extending a finished run (more epochs) is a resume, not a different experiment,
+# as long as the learning-rate drops stay where they were (see check_run_dir).
 RESUMABLE_DIFFERENCES = {"epochs"}
 
 
+# --- config -> trainer parts (the only place that reads method names) -----------
+
+def build_attack(config: TrainConfig):
+    """The training attack of ``config.method``."""
+    attack = config.attack
+    if config.method == "standard":
+        return NoAttack()
+    if config.method == "trades":
+        return TradesKL(attack.eps, attack.step_size, attack.steps, start="normal")
+    if config.method == "trades-sglr":
+        # The SGLR reference code starts its TRADES attack from a clipped uniform point.
+        return TradesKL(attack.eps, attack.step_size, attack.steps, start="uniform")
+    return TrainingPGD(attack.eps, attack.step_size, attack.steps, attack.random_start)
+
+
+def build_objective(config: TrainConfig, train_labels, num_classes: int) -> objectives.Objective:
+    """The objective of ``config.method``."""
+    s = config.sglr
+    sglr_settings = dict(r=s.r, alpha=s.alpha, lam=s.lam, temperature=s.temperature, warmup_epochs=s.warmup_epochs,
+                         clean_forward_training=s.clean_forward_training, table_dtype=s.table_dtype)
+    builders = {
+        "standard": lambda: objectives.Objective(num_classes),
+        "pgd-at": lambda: objectives.Objective(num_classes),
+        "label-smoothing": lambda: objectives.LabelSmoothing(num_classes, config.label_smoothing),
+        "sglr": lambda: objectives.SGLR(num_classes, train_labels, **sglr_settings),
+        "trades": lambda: objectives.TRADES(num_classes, config.trades_beta),
+        "trades-sglr": lambda: objectives.TRADESSGLR(num_classes, train_labels, config.trades_beta, **sglr_settings),
+    }
+    return builders[config.method]()
+
+
+def build_trainer(classifier: keras.Model, config: TrainConfig, train_labels, num_classes: int) -> AdversarialTrainer:
+    """The trainer ``config`` describes, around ``classifier`` (not compiled)."""
+    return AdversarialTrainer(classifier, build_attack(config), build_objective(config, train_labels, num_classes),
+                              weight_decay=config.optimizer.weight_decay, seed=config.seed)
+
+
 def make_optimizer(config: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
-    """SGD with the learning rate multiplied by ``lr_gamma`` at each milestone epoch."""
+    """SGD with the learning rate multiplied by ``lr_gamma`` at each milestone.
+
+    Milestone m (an epoch counted from 1, as in the reference code's MultiStepLR
+    stepped at the start of each epoch) gives the new rate from the first step of
+    epoch m on. Keras's schedule keeps the old rate while ``iterations <= boundary``,
+    and the first step of epoch m runs at ``iterations == (m - 1) * steps``.
+    """
     opt = config.optimizer
     milestones = opt.milestone_epochs(config.epochs)
     if milestones:
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries=[m * steps for m in milestones],
+            boundaries=[(m - 1) * steps - 1 for m in milestones],
             values=[opt.lr * opt.lr_gamma**i for i in range(len(milestones) + 1)],
         )
     else:
@@ -48,12 +93,18 @@ def make_optimizer(config: TrainConfig, steps: int) -> keras.optimizers.Optimize
     return keras.optimizers.SGD(learning_rate=schedule, momentum=opt.momentum, nesterov=opt.nesterov)
 
 
-def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def _config_differences(old: dict, new: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
+    """Dotted keys whose values differ; a key that an older version did not write
+    counts as unchanged while the new value is its default."""
+    defaults = TrainConfig().to_dict() if defaults is None else defaults
     keys = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
+        default = defaults.get(key) if isinstance(defaults, dict) else None
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += _config_differences(a, b, f"{prefix}{key}.")
+            keys += _config_differences(a, b, f"{prefix}{key}.", default if isinstance(default, dict) else {})
+        elif key not in old and b == default:
+            continue
         elif a != b:
             keys.append(f"{prefix}{key}")
     return keys
@@ -61,9 +112,9 @@ def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> dict | None:
     """The state of a run to resume in ``run_dir`` (None for a fresh start).
-    Refuses a folder holding a run with another config unless ``overwrite``.
-    Writes nothing."""
-    config_path = run_dir / "config.json"
+    Refuses a folder holding a run with another config unless ``overwrite``, and
+    an extension (more epochs) that would move the learning-rate drops. Writes nothing."""
+    config_path = RunFolder(run_dir).config
     if not config_path.is_file() or overwrite:
         return None
     try:
@@ -76,6 +127,14 @@ def check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> dict |
             f"--out '{run_dir}' holds a run with a different config ({', '.join(differences[:3])} differ); "
             "choose another --out, or pass --overwrite to replace it"
         )
+    if old.get("epochs") != config.epochs:
+        old_drops = config.optimizer.milestone_epochs(old["epochs"])
+        new_drops = config.optimizer.milestone_epochs(config.epochs)
+        if old_drops != new_drops:
+            raise UserError(
+                f"extending '{run_dir}' from {old['epochs']} to {config.epochs} epochs would move the lr drops "
+                f"from epochs {old_drops} to {new_drops}; give optimizer.lr_milestones in epochs "
+                f"({old_drops}) to keep them, or train into a new --out")
     return read_state(run_dir)
 
 
@@ -84,18 +143,17 @@ def create_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
     the artefacts of the run that was there."""
     try:
         if overwrite:
-            for name in RUN_ARTEFACTS:
-                target = run_dir / name
+            for target in RunFolder(run_dir).artefacts:
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
+        atomic_write_text(RunFolder(run_dir).config, json.dumps(config.to_dict(), indent=2))
     except OSError as err:
         raise UserError(f"cannot write to --out '{run_dir}' ({err.strerror}); choose a writable folder")
 
 
 def read_state(run_dir: Path) -> dict | None:
     """The last completed epoch and best-so-far of a run, or None for a fresh one."""
-    path = run_dir / "state" / "state.json"
+    path = RunFolder(run_dir).state
     if not path.is_file():
         return None
     try:
@@ -126,10 +184,35 @@ def summarize(history: list[dict]) -> dict:
     return summary
 
 
-def run_facts(config: TrainConfig, bundle: DatasetBundle) -> dict:
-    return {"dataset": bundle.name, "class_names": bundle.class_names, "num_classes": bundle.num_classes,
-            "input_shape": list(bundle.input_shape), "num_train": bundle.num_train,
-            "arch": config.model.arch, "method": config.method}
+def run_facts(config: TrainConfig, bundle: DatasetBundle, extended_from: list[int] | None = None) -> dict:
+    facts = {"dataset": bundle.name, "class_names": bundle.class_names, "num_classes": bundle.num_classes,
+             "input_shape": list(bundle.input_shape), "num_train": bundle.num_train,
+             "arch": config.model.arch, "method": config.method,
+             "label_noise": {"rate": config.data.label_noise, "mode": config.data.label_noise_mode,
+                             "wrong_label_fraction": bundle.wrong_label_fraction},
+             "lr_drop_epochs": config.optimizer.milestone_epochs(config.epochs)}
+    if extended_from:
+        facts["extended_from_epochs"] = extended_from
+    return facts
+
+
+def selection_points(config: TrainConfig, bundle: DatasetBundle) -> dict:
+    """The points of the per-epoch evaluation: the test points pick the best epoch,
+    so final attacks must avoid them (``reproduce`` reads this record)."""
+    evaluation = config.evaluation
+    train_order = np.sort(np.random.default_rng(config.seed).permutation(bundle.num_train)[:evaluation.n_train])
+    return {"seed": config.seed, "test_indices": bundle.test_indices(evaluation.n_test, config.seed).tolist(),
+            "train_indices": train_order.tolist()}
+
+
+def read_selection_points(run_dir: Path) -> dict | None:
+    path = RunFolder(run_dir).selection_points
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"'{path}' is corrupt; rerun the same sglr train command to rewrite it")
 
 
 def start_from_checkpoint(classifier: keras.Model, path: str | Path) -> None:
@@ -147,7 +230,7 @@ def start_from_checkpoint(classifier: keras.Model, path: str | Path) -> None:
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
-    path = Path(run_dir) / "config.json"
+    path = RunFolder(run_dir).config
     if not path.is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.json); pass a folder written by sglr train")
     return config_from_dict(json.loads(path.read_text()))
@@ -176,7 +259,8 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
 
     keras.utils.set_random_seed(config.seed)
     data = config.data
-    bundle = load_dataset(data.dataset, data.data_dir, data.train_subset, data.label_noise, config.seed)
+    bundle = load_dataset(data.dataset, data.data_dir, data.train_subset, data.label_noise, config.seed,
+                          data.label_noise_mode)
     steps = steps_per_epoch(bundle.num_train, config.batch_size)
     augment = data.augment if data.augment is not None else bundle.name != "synthetic"
     dataset = train_dataset(bundle, config.batch_size, config.seed, config.epochs, initial_epoch, augment)
@@ -184,11 +268,11 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     with strategy.scope():
         classifier = build_model(config.model.arch, bundle.input_shape, bundle.num_classes, config.model.width,
                                  config.model.sync_batchnorm)
-        trainer = AdversarialTrainer(classifier, config, bundle.y_train, bundle.num_classes)
+        trainer = build_trainer(classifier, config, bundle.y_train, bundle.num_classes)
         trainer.compile(optimizer=make_optimizer(config, steps), jit_compile=config.jit_compile)
         if state:
             trainer.optimizer.build(classifier.trainable_variables)
-            state_weights = Path(out_dir) / "state" / "trainer.weights.h5"
+            state_weights = RunFolder(out_dir).trainer_weights
             try:
                 trainer.load_weights(state_weights)
             except Exception as err:  # h5py and Keras raise many types for a damaged file
@@ -198,21 +282,37 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
         elif resume_from is not None:
             start_from_checkpoint(classifier, resume_from)
             console.print(f"starting from the weights of '{resume_from}'")
+    console.print(f"strategy: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
+                  f"{bundle.num_train} training examples, {steps} steps per epoch", highlight=False)
 
     # Everything the run needs exists and fits: from here on the run folder is written.
+    folder = RunFolder(run_dir)
+    previous_facts = _read_json(folder.facts) if state else {}
+    extended_from = list(previous_facts.get("extended_from_epochs", []))
+    previous_epochs = _read_json(folder.config).get("epochs") if state else None
     if chief and not state:
         create_run_dir(run_dir, config, overwrite)
     elif not chief:
         run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "run.json", json.dumps(run_facts(config, bundle), indent=2))
+    elif previous_epochs != config.epochs:
+        # An extension: the config now states the new total, run.json what it was.
+        extended_from.append(previous_epochs)
+        atomic_write_text(folder.config, json.dumps(config.to_dict(), indent=2))
+        console.print(f"extending the run from {previous_epochs} to {config.epochs} epochs "
+                      f"(lr drops stay at epochs {config.optimizer.milestone_epochs(config.epochs)})")
+    atomic_write_text(folder.facts, json.dumps(run_facts(config, bundle, extended_from), indent=2))
+    points = selection_points(config, bundle)
+    atomic_write_text(folder.selection_points, json.dumps(points))
 
     attack = config.attack
-    eval_attack = PGD(attack.eps, attack.step_size, config.evaluation.pgd_steps, random_start=True)
+    evaluation = config.evaluation
+    eval_attack = PGD(attack.eps, attack.step_size, evaluation.pgd_steps, random_start=True)
     callbacks = [
         NonFiniteGuard(),
-        EpochEvaluation(bundle.test_subset(config.evaluation.n_test, config.seed),
-                        bundle.train_subset(config.evaluation.n_train, config.seed),
-                        eval_attack, config.evaluation.batch_size),
+        EpochEvaluation(bundle.test_points(points["test_indices"]),
+                        bundle.train_subset(evaluation.n_train, config.seed),
+                        eval_attack, evaluation.batch_size, seed=config.seed,
+                        epochs_to_evaluate=evaluated_epochs(config)),
         RunRecorder(run_dir, history, state["best"] if state else None),
     ]
     if show_progress:
@@ -232,5 +332,22 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
         shutil.rmtree(run_dir, ignore_errors=True)
         return summary
     write_history(run_dir, history)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(RunFolder(run_dir).summary, json.dumps(summary, indent=2))
     return summary
+
+
+def evaluated_epochs(config: TrainConfig) -> set[int]:
+    """The 1-based epochs the per-epoch evaluation runs on: every
+    ``evaluation.every``-th, the first at each new learning rate, and the last."""
+    every = config.evaluation.every
+    epochs = {e for e in range(1, config.epochs + 1) if e % every == 0}
+    epochs |= set(config.optimizer.milestone_epochs(config.epochs))
+    epochs.add(config.epochs)
+    return epochs
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

@@ -1,9 +1,10 @@
 """The adversarial trainer: a ``keras.Model`` whose ``train_step`` runs the
 inner attack, refines labels and updates the weights.
 
-The wrapped ``classifier`` is an ordinary functional Keras model; it is what
-checkpoints and exports hold. The trainer adds the soft-label table, the
-metric trackers and the method's loss.
+The trainer composes two objects: a training attack (``sglr_keras.attacks.training``)
+and an objective (``sglr_keras.training.objectives``). It knows no method by
+name; ``training/run.py`` maps a config to the pair. The wrapped ``classifier``
+is an ordinary functional Keras model: what checkpoints and exports hold.
 """
 
 from __future__ import annotations
@@ -11,39 +12,30 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from sglr_keras import sglr
-from sglr_keras.attacks.pgd import ascend
-from sglr_keras.attacks.losses import cross_entropy
-from sglr_keras.config import SGLR_METHODS, TrainConfig
-from sglr_keras.training import objectives
+from sglr_keras.training.objectives import CONSTANT_CLEAN, NO_CLEAN, TRAINED_CLEAN, Objective
 
-# TRADES starts its attack from x + 0.001 * N(0, I) (Zhang et al. 2019, Alg. 1).
-TRADES_INIT_STD = 0.001
+# Per-example seeds mix the step and the run seed with a prime stride, so that
+# (step, seed) pairs of nearby runs never collide.
+STEP_STRIDE = 1_000_003
 
 
 class AdversarialTrainer(keras.Model):
-    def __init__(self, classifier: keras.Model, config: TrainConfig, train_labels, num_classes: int):
+    def __init__(self, classifier: keras.Model, attack, objective: Objective, weight_decay: float = 0.0,
+                 seed: int = 0):
         super().__init__(name="adversarial_trainer")
         self.classifier = classifier
-        self.method = config.method
-        self.attack_config = config.attack
-        self.sglr_config = config.sglr
-        self.trades_beta = config.trades_beta
-        self.label_smoothing = config.label_smoothing
-        self.weight_decay = config.optimizer.weight_decay
-        self.seed = config.seed
-        self.num_classes = int(num_classes)
-        self.soft_label_table = (
-            sglr.SoftLabelTable(train_labels, num_classes, dtype=config.sglr.table_dtype)
-            if self.method in SGLR_METHODS else None
-        )
-        # Read when train_step is traced; flipping it rebuilds the train function
-        # (see set_epoch), so warm-up epochs pay nothing for the refinement.
-        self.refinement_active = self.method in SGLR_METHODS and config.sglr.warmup_epochs == 0
+        self.attack = attack
+        self.objective = objective
+        self.weight_decay = weight_decay
+        self.seed = seed
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="acc")
         self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
         self.built = True
+
+    @property
+    def soft_label_table(self):
+        return self.objective.soft_label_table
 
     @property
     def metrics(self):
@@ -61,11 +53,19 @@ class AdversarialTrainer(keras.Model):
             if not self.optimizer.built:
                 self.optimizer.build(self.classifier.trainable_variables)
 
+    def fit(self, *args, callbacks=None, **kwargs):
+        """``keras.Model.fit``, with the epoch schedule of the objective (SGLR's
+        warm-up) always attached: a plain ``fit`` refines labels when it should."""
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, ObjectiveSchedule) for c in callbacks):
+            callbacks.insert(0, ObjectiveSchedule())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
     def set_epoch(self, epoch: int) -> None:
-        """Switch from warm-up (hard labels, table untouched) to refinement."""
-        active = self.method in SGLR_METHODS and epoch >= self.sglr_config.warmup_epochs
-        if active != self.refinement_active:
-            self.refinement_active = active
+        """Tell the objective that (0-based) ``epoch`` starts. When its step changes
+        (SGLR leaving warm-up) the train function is retraced once, so warm-up
+        epochs pay nothing for the refinement."""
+        if self.objective.set_epoch(epoch):
             self.train_function = None
             self.make_train_function(force=True)
 
@@ -74,78 +74,49 @@ class AdversarialTrainer(keras.Model):
     def train_step(self, data):
         x, y, indices = data
         y = tf.cast(y, tf.int32)
-        x_adv = self.adversarial_examples(x, y, indices)
-        logits_clean_fixed = self.clean_logits_for_refinement(x)
+        x_adv = self.attack.perturb(self.classifier, x, y, self.example_seeds(indices))
         with tf.GradientTape() as tape:
-            loss, logits_adv = self.method_loss(x, x_adv, y, indices, logits_clean_fixed)
+            logits_adv, logits_clean = self.forward(x, x_adv)
+            rows = self.objective.refine(indices, y, logits_clean, logits_adv)
+            targets = self.objective.targets(y, rows)
+            loss = self.objective.loss(targets, logits_adv, logits_clean)
             # Keras sums gradients over replicas, so each replica contributes 1/R of the mean.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled_loss = loss / replicas
+        self.store_refined_rows(indices, rows)
         variables = self.classifier.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.apply_with_weight_decay(gradients, variables, replicas)
         return self.update_metrics(loss, y, logits_adv, gradients, replicas)
 
-    def example_noise(self, x, indices, distribution):
-        """Noise for each example seeded by (seed, step, example index): a resumed run
-        and any replica layout draw the same random start for the same example."""
+    def example_seeds(self, indices):
+        """One stateless seed per example from (run seed, step, example index): a
+        resumed run and any replica layout draw the same random start."""
         step = tf.cast(self.optimizer.iterations, tf.int64)
-        seeds = tf.stack([tf.fill(tf.shape(indices), step * 1_000_003 + self.seed),
-                          tf.cast(indices, tf.int64)], axis=1)
-        shape = tf.shape(x)[1:]
-        if distribution == "uniform":
-            return tf.vectorized_map(lambda seed: tf.random.stateless_uniform(shape, seed, -1.0, 1.0), seeds)
-        return tf.vectorized_map(lambda seed: tf.random.stateless_normal(shape, seed), seeds)
+        return tf.stack([tf.fill(tf.shape(indices), step * STEP_STRIDE + self.seed),
+                         tf.cast(indices, tf.int64)], axis=1)
 
-    def adversarial_examples(self, x, y, indices):
-        """The inner maximisation, with the network in inference mode."""
-        attack = self.attack_config
-        if self.method == "standard" or attack.steps == 0:
-            return x
-        if self.method in ("trades", "trades-sglr"):
-            p_clean = tf.stop_gradient(tf.nn.softmax(self.classifier(x, training=False)))
-            start = x + TRADES_INIT_STD * self.example_noise(x, indices, "normal")
-            kl_to_clean = lambda logits: tf.reduce_sum(
-                p_clean * (tf.math.log(p_clean + 1e-12) - tf.nn.log_softmax(logits)), axis=-1)
-            return ascend(self.classifier, x, start, kl_to_clean, attack.eps, attack.step_size, attack.steps)
-        start = x + attack.eps * self.example_noise(x, indices, "uniform") if attack.random_start else x
-        return ascend(self.classifier, x, start, lambda logits: cross_entropy(logits, y),
-                      attack.eps, attack.step_size, attack.steps)
-
-    def clean_logits_for_refinement(self, x):
-        """SGLR's clean prediction, a constant. The reference code runs this forward
-        in training mode, which also moves batch-norm statistics."""
-        if self.method != "sglr" or not self.refinement_active:
-            return None
-        return tf.stop_gradient(self.classifier(x, training=self.sglr_config.clean_forward_training))
-
-    def method_loss(self, x, x_adv, y, indices, logits_clean_fixed):
-        """(loss, logits on the adversarial input) for the configured method."""
-        if self.method in ("trades", "trades-sglr"):
+    def forward(self, x, x_adv):
+        """(adversarial logits, clean logits or None), in the reference code's order:
+        TRADES's natural forward before the adversarial one; SGLR's constant clean
+        forward after it (in training mode by default, which also moves batch-norm
+        statistics, as the reference does)."""
+        kind = self.objective.clean_forward
+        if kind == TRAINED_CLEAN:
             logits_clean = self.classifier(x, training=True)
-            logits_adv = self.classifier(x_adv, training=True)
-            natural_targets = (self.refined_targets(indices, y, logits_clean, logits_adv)
-                               if self.method == "trades-sglr" else tf.one_hot(y, self.num_classes))
-            return objectives.trades_loss(logits_clean, logits_adv, natural_targets, self.trades_beta), logits_adv
+            return self.classifier(x_adv, training=True), logits_clean
         logits_adv = self.classifier(x_adv, training=True)
-        if self.method == "sglr":
-            targets = self.refined_targets(indices, y, logits_clean_fixed, logits_adv)
-        elif self.method == "label-smoothing":
-            targets = objectives.smoothed_labels(y, self.num_classes, self.label_smoothing)
-        else:
-            targets = tf.one_hot(y, self.num_classes)
-        return sglr.soft_cross_entropy(logits_adv, targets), logits_adv
+        if kind == NO_CLEAN:
+            return logits_adv, None
+        if kind != CONSTANT_CLEAN:
+            raise ValueError(f"unknown clean_forward {kind!r} of objective {self.objective.name!r}")
+        training = getattr(self.objective, "clean_forward_training", True)
+        return logits_adv, tf.stop_gradient(self.classifier(x, training=training))
 
-    def refined_targets(self, indices, y, logits_clean, logits_adv):
-        """Update the table rows of this batch, then mix them with the hard label
-        (the reference code's order: the loss sees the updated row)."""
-        if not self.refinement_active:
-            return tf.one_hot(y, self.num_classes)
-        cfg = self.sglr_config
-        prediction = sglr.interpolated_prediction(logits_clean, logits_adv, cfg.lam, cfg.temperature)
-        rows = sglr.ema_rows(self.soft_label_table.lookup(indices), prediction, cfg.alpha)
-        self.soft_label_table.assign_rows(indices, rows)
-        return sglr.soft_target(rows, y, self.num_classes, cfg.r)
+    def store_refined_rows(self, indices, rows):
+        """Write SGLR's new rows into the soft-label table (replica-consistent)."""
+        if rows is not None:
+            self.objective.soft_label_table.assign_rows(indices, rows)
 
     def apply_with_weight_decay(self, gradients, variables, replicas):
         """SGD with L2 added to the gradient, as PyTorch's ``weight_decay`` does
@@ -164,3 +135,11 @@ class AdversarialTrainer(keras.Model):
         # Shape (1,), not a scalar: under MultiWorkerMirroredStrategy Keras averages
         # step outputs over axis 0, which a scalar does not have.
         return {m.name: tf.reshape(m.result(), [1]) for m in self.metrics}
+
+
+class ObjectiveSchedule(keras.callbacks.Callback):
+    """Tells the trainer's objective each epoch as it starts (SGLR's warm-up).
+    ``AdversarialTrainer.fit`` attaches it; nothing else has to."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.set_epoch(epoch)

@@ -1,0 +1,105 @@
+"""The inner maximisation of adversarial training: attacks the trainer runs on
+every batch.
+
+Each is configured in its constructor and has one entry point,
+``perturb(model, x, y, seeds=None)``. ``seeds`` is an int64 tensor (N, 2) with one
+stateless seed per example (the trainer derives it from the run seed, the step
+and the example index, so a resumed run and any replica layout draw the same
+random start for the same example); without it the start is drawn from the
+global generator. The model runs in inference mode, as in the reference code.
+
+Example::
+
+    attack = TrainingPGD(eps=8 / 255, step_size=2 / 255, steps=10)
+    x_adv = attack.perturb(classifier, x, y)
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from sglr_keras.attacks.losses import cross_entropy, kl_divergence
+from sglr_keras.attacks.pgd import ascend
+
+# TRADES starts its attack from x + 0.001 * N(0, I) (Zhang et al. 2019, Alg. 1).
+TRADES_INIT_STD = 0.001
+START_DISTRIBUTIONS = ("uniform", "normal")
+
+
+def example_noise(x, seeds, distribution: str):
+    """Noise shaped like ``x``: U(-1, 1) or N(0, 1), one stateless seed per example."""
+    if seeds is None:
+        if distribution == "uniform":
+            return tf.random.uniform(tf.shape(x), -1.0, 1.0, dtype=x.dtype)
+        return tf.random.normal(tf.shape(x), dtype=x.dtype)
+    shape = tf.shape(x)[1:]
+    if distribution == "uniform":
+        return tf.vectorized_map(lambda seed: tf.random.stateless_uniform(shape, seed, -1.0, 1.0, x.dtype), seeds)
+    return tf.vectorized_map(lambda seed: tf.random.stateless_normal(shape, seed, dtype=x.dtype), seeds)
+
+
+class NoAttack:
+    """Standard (non-adversarial) training: the clean input is the training input."""
+
+    name = "none"
+
+    def perturb(self, model, x, y, seeds=None):
+        return x
+
+
+class TrainingPGD:
+    """L-inf PGD on the cross-entropy (Madry et al. 2018), from a uniform point of
+    the eps-ball clipped to [0, 1] (``random_start``) or from x itself.
+
+    eps in [0, 1], step_size >= 0, steps >= 0.
+    """
+
+    name = "pgd"
+
+    def __init__(self, eps: float, step_size: float, steps: int, random_start: bool = True):
+        _check_budget(eps, step_size, steps)
+        self.eps, self.step_size, self.steps, self.random_start = eps, step_size, steps, random_start
+
+    def perturb(self, model, x, y, seeds=None):
+        if self.steps == 0:
+            return x
+        start = x + self.eps * example_noise(x, seeds, "uniform") if self.random_start else x
+        y = tf.cast(y, tf.int32)
+        return ascend(model, x, start, lambda logits: cross_entropy(logits, y), self.eps, self.step_size,
+                      self.steps)
+
+
+class TradesKL:
+    """TRADES's attack: ascends KL(p(x) || p(x')) with L-inf PGD steps.
+
+    ``start="normal"`` is the TRADES paper's x + 0.001 * N(0, I); ``start="uniform"``
+    a uniform point of the eps-ball clipped to [0, 1], as the SGLR reference code
+    starts its TRADES + SGLR attack.
+    """
+
+    name = "trades-kl"
+
+    def __init__(self, eps: float, step_size: float, steps: int, start: str = "normal"):
+        _check_budget(eps, step_size, steps)
+        if start not in START_DISTRIBUTIONS:
+            raise ValueError(f"start must be one of {START_DISTRIBUTIONS}, got {start!r}")
+        self.eps, self.step_size, self.steps, self.start = eps, step_size, steps, start
+
+    def perturb(self, model, x, y=None, seeds=None):
+        if self.steps == 0:
+            return x
+        logits_clean = tf.stop_gradient(model(x, training=False))
+        scale = TRADES_INIT_STD if self.start == "normal" else self.eps
+        start = x + scale * example_noise(x, seeds, self.start)
+        return ascend(model, x, start, lambda logits: kl_divergence(logits_clean, logits), self.eps,
+                      self.step_size, self.steps)
+
+
+def _check_budget(eps, step_size, steps) -> None:
+    # NaN fails every comparison, so these also refuse it.
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"eps must be in [0, 1], got {eps}")
+    if not step_size >= 0.0:
+        raise ValueError(f"step_size must be >= 0, got {step_size}")
+    if not (isinstance(steps, int) and steps >= 0):
+        raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")

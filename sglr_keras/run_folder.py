@@ -1,0 +1,76 @@
+"""The layout of a run folder, in one place.
+
+``sglr train --out DIR`` writes::
+
+    config.json             the resolved config
+    run.json                data set and model facts (class names, label-noise fraction, ...)
+    selection_points.json   the test and train indices of the per-epoch evaluation
+    history.csv / .jsonl    one record per epoch
+    best.keras, last.keras  plain Keras classifiers
+    *.keras.eval.json       evaluation records tied to a checkpoint's content hash
+    state/                  trainer weights (optimizer, soft-label table) and state.json
+    summary.json            written when the run ends
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKPOINT_NAMES = ("best", "last")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def facts(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def selection_points(self) -> Path:
+        return self.path / "selection_points.json"
+
+    @property
+    def history_jsonl(self) -> Path:
+        return self.path / "history.jsonl"
+
+    @property
+    def history_csv(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / "state"
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def trainer_weights(self) -> Path:
+        return self.state_dir / "trainer.weights.h5"
+
+    def checkpoint(self, name: str) -> Path:
+        """``best`` or ``last``: the ``.keras`` classifier."""
+        return self.path / f"{name}.keras"
+
+    @property
+    def artefacts(self) -> tuple[Path, ...]:
+        """Everything a run writes (what ``--overwrite`` removes)."""
+        checkpoints = [self.checkpoint(n) for n in CHECKPOINT_NAMES]
+        records = [c.with_name(c.name + suffix) for c in checkpoints for suffix in (".eval.json", ".final.json")]
+        return (self.config, self.facts, self.selection_points, self.history_csv, self.history_jsonl,
+                *checkpoints, *records, self.summary, self.state_dir)
