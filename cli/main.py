@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 
 # TensorFlow's C++ start-up chatter hides our own output; users can set it back.
@@ -12,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import click
 from rich.console import Console
 
-from sglr_keras.errors import UserError
+from sglr_keras.errors import Interrupted, UserError
 
 console = Console(stderr=True)
 
@@ -30,21 +31,39 @@ def user_errors(command):
         except UserError as err:
             console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except Interrupted as err:
+            console.show_cursor(True)
+            console.print(str(err), highlight=False, soft_wrap=True)
+            sys.exit(130)
         except KeyboardInterrupt:
             console.show_cursor(True)
-            console.print("interrupted; rerun the same command to resume (runs resume from the last finished "
-                          "epoch, experiments from the last finished run or checkpoint)", highlight=False)
+            console.print("interrupted; rerun the same command to go on (runs resume from their last finished "
+                          "epoch, experiments skip finished runs and cached attacks)", highlight=False)
             sys.exit(130)
 
     return wrapper
 
 
 def quiet_tensorflow() -> None:
-    """Hide TensorFlow's Python-side notices (retracing, pfor fallbacks) unless --verbose."""
+    """Hide TensorFlow's start-up lines and Python-side notices (retracing, pfor
+    fallbacks) unless --verbose."""
     if os.environ.get("SGLR_VERBOSE") == "1":
         return
     import logging
 
+    if "tensorflow" not in sys.modules:
+        # TensorFlow 2.21's C++ start-up lines (oneDNN, CUDA stubs, absl) ignore
+        # TF_CPP_MIN_LOG_LEVEL; they are written while the module loads, so the
+        # process's stderr is muted for the import alone. An import error still
+        # surfaces as a Python exception afterwards.
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
     import absl.logging
     import tensorflow as tf
 
@@ -76,6 +95,9 @@ def with_commands() -> click.Group:
 
 
 def main():
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps
+    # it ignored; `kill -INT` (or Ctrl-C after `fg`) should still stop a run cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with_commands()()
 
 

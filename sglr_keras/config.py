@@ -36,7 +36,7 @@ TABLE_DTYPES = ("float32", "float16")
 LABEL_NOISE_MODES = ("flip", "redraw")
 
 # Named SGLR settings. "reference-code" is what the authors' public PyTorch code
-# runs (see shared/method.md): r = 1, so the loss uses the EMA row directly.
+# runs (see docs/method.md): r = 1, so the loss uses the EMA row directly.
 # "paper" is the formulation in the paper's text: r = 0.2 mixes the row with
 # the hard label.
 SGLR_PRESETS: dict[str, dict[str, Any]] = {
@@ -162,7 +162,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class SGLRConfig:
-    """Self-Guided Label Refinement hyperparameters (shared/method.md).
+    """Self-Guided Label Refinement hyperparameters (docs/method.md).
 
     ``preset`` fills every value not given explicitly.
     """

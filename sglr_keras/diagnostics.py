@@ -15,7 +15,7 @@ import numpy as np
 from sglr_keras.attacks.pgd import PGD
 
 # Points of robust accuracy by which PGD may exceed AutoAttack before we flag it;
-# PGD-AT models show ~1 point (shared/method.md).
+# PGD-AT models show ~1 point (docs/method.md).
 PGD_AA_SPREAD_LIMIT = 0.02
 # Fraction of all points that Square may break after the white-box attacks failed.
 SQUARE_GAIN_LIMIT = 0.005

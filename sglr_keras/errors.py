@@ -7,3 +7,8 @@ class UserError(Exception):
     The message names the problem and the fix. The CLI prints it without a
     traceback and exits with status 2.
     """
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C; the message says where the state is and how to
+    go on. The CLI prints it and exits with status 130."""

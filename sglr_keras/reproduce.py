@@ -46,6 +46,8 @@ class FinalEvaluation:
     # CPU it may run on the first ``autoattack_examples`` points only (None: all),
     # with PGD-20 repeated there so the PGD-AutoAttack spread compares like with like.
     autoattack_examples: int | None = None
+    # Which checkpoints AutoAttack runs on (the others get the cheaper attacks only).
+    autoattack_checkpoints: tuple[str, ...] = CHECKPOINTS
     checkpoints: tuple[str, ...] = CHECKPOINTS
     batch_size: int = 256
     seed: int = 0
@@ -60,7 +62,7 @@ class FinalEvaluation:
             if name not in (*ATTACK_NAMES, "all"):
                 raise UserError(f"final_evaluation.attacks: unknown attack {name!r}"
                                 f"{did_you_mean(name, ATTACK_NAMES)}; choose from {', '.join(ATTACK_NAMES)}, all")
-        for name in self.checkpoints:
+        for name in (*self.checkpoints, *self.autoattack_checkpoints):
             _check_choice("final_evaluation.checkpoints", name, CHECKPOINTS)
 
 
@@ -160,6 +162,8 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
     keras.utils.set_random_seed(final.seed)
     model = load_classifier(checkpoint)
     attacks = list(ALL) if "all" in final.attacks else list(dict.fromkeys(final.attacks))
+    if checkpoint.stem not in final.autoattack_checkpoints:
+        attacks = [a for a in attacks if a != "autoattack"]
     subset = final.autoattack_examples
     if "autoattack" not in attacks or subset is None or subset >= len(y):
         results = evaluate(model, x, y, attacks, config.attack.eps, batch_size=final.batch_size,

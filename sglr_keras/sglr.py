@@ -2,7 +2,7 @@
 Adversarial Robustness via Self-Guided Label Refinement", CVPR 2024).
 
 The refinement is three pure functions of tensors (equations as in
-shared/method.md, per training example i with table row e_i):
+docs/method.md, per training example i with table row e_i):
 
     f~      = lam * softmax(z(x) / T) + (1 - lam) * softmax(z(x') / T)   (interpolate)
     e_i    <- alpha * e_i + (1 - alpha) * f~                              (EMA)

@@ -189,3 +189,33 @@ def test_cli_autoattack_on_a_plain_keras_model(tmp_path):
     assert [s["attack"] for s in stages] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert report["robust_accuracy"]["autoattack"] == stages[-1]["robust_accuracy_after"]
     assert {c["check"] for c in report["diagnostics"]} >= {"accuracy_at_large_eps"}
+
+
+def _exact_distances(model, x, y):
+    weights = model.layers[-1].get_weights()[0]
+    logits = model(x).numpy()
+    other = 1 - y
+    l1 = np.abs(weights[:, y] - weights[:, other]).sum(axis=0)
+    return (logits[np.arange(len(y)), y] - logits[np.arange(len(y)), other]) / l1
+
+
+def test_fab_finds_the_minimum_norm_of_a_binary_linear_model():
+    # FAB is a minimum-norm attack: with the paper's backward step (the adversarial
+    # point itself is pulled towards x, then linearised there) it converges to the
+    # exact distance to the boundary, not to a point up to eta further out.
+    rng = np.random.default_rng(1)
+    weights, bias = 8 * rng.normal(size=(16, 2)), rng.normal(size=2)
+    model = linear_model(weights, bias, (4, 4, 1))
+    x = rng.uniform(0.25, 0.75, size=(200, 4, 4, 1)).astype(np.float32)
+    y = np.argmax(model(x).numpy(), axis=1).astype(np.int32)
+    distance = _exact_distances(model, x, y)
+    reachable = distance < 0.2
+    assert reachable.sum() > 50
+    x_adv = np.asarray(FAB(0.24, targeted=False, n_iter=100).perturb(model, x, y))
+    norms = np.abs((x_adv - x).reshape(len(x), -1)).max(axis=1)
+    fooled = np.argmax(model(x_adv).numpy(), axis=1) != y
+    assert fooled[reachable].all()
+    np.testing.assert_array_less(distance[reachable] * (1 - 1e-4), norms[reachable])
+    # Measured: within 0.54% of the exact distance; the previous order (shrinking the
+    # next proposal instead of the adversarial point) stopped 0.91% out on every point.
+    np.testing.assert_array_less(norms[reachable], distance[reachable] * 1.007)

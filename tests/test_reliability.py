@@ -68,6 +68,32 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     whole = keras.saving.load_model(tmp_path / "whole" / "last.keras").get_weights()
     for a, b in zip(resumed, whole):
         np.testing.assert_array_equal(a, b)
+    # The same history too, evaluations included: their random starts are seeded
+    # by (seed, epoch), so the best epoch cannot change with a resume.
+    reference = [json.loads(line) for line in (tmp_path / "whole" / "history.jsonl").read_text().splitlines()]
+    untimed = lambda record: {k: v for k, v in record.items() if "seconds" not in k}  # noqa: E731
+    assert [untimed(r) for r in history] == [untimed(r) for r in reference]
+
+
+def test_ctrl_c_stops_cleanly_says_how_to_resume_and_exits_130(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.replace("epochs: 3", "epochs: 40"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = tmp_path / "run"
+    process = subprocess.Popen(_sglr_command(config, run), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    state = run / "state" / "state.json"
+    deadline = time.time() + 300
+    while not state.is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    saved = json.loads(state.read_text())["epoch"]
+    assert f"holds the run after epoch {saved}" in stderr and "rerun the same command" in stderr
+    assert "Traceback" not in stderr
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == list(range(1, saved + 1))
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):

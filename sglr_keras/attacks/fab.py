@@ -111,7 +111,7 @@ class FAB:
         return logits, tf.gather(values, closest, batch_dims=1), tf.gather(grads, closest, batch_dims=1)
 
     @tf.function(reduce_retracing=True)
-    def _step(self, x_flat, now_flat, w, f, fooled):
+    def _step(self, x_flat, now_flat, w, f):
         """One FAB update from the linearised boundary f + w.(z - x_now) = 0."""
         step_now = project_linf_hyperplane(now_flat, w, f)
         # The same hyperplane seen from the original input: f(x) ~ f(x_now) + w.(x - x_now).
@@ -120,31 +120,39 @@ class FAB:
         size_now = tf.reduce_max(tf.abs(step_now), axis=1)
         size_orig = tf.reduce_max(tf.abs(step_orig), axis=1)
         alpha = tf.minimum(size_now / (size_now + size_orig + 1e-12), self.alpha_max)[:, None]
-        proposal = tf.clip_by_value((1 - alpha) * (now_flat + self.eta * step_now)
-                                    + alpha * (x_flat + self.eta * step_orig), 0.0, 1.0)
-        # Once adversarial, step back towards the input to shrink the perturbation.
-        return tf.where(fooled[:, None], (1 - self.beta) * x_flat + self.beta * proposal, proposal)
+        return tf.clip_by_value((1 - alpha) * (now_flat + self.eta * step_now)
+                                + alpha * (x_flat + self.eta * step_orig), 0.0, 1.0)
 
     def _run(self, model, x, y, target, start):
+        """The paper's loop (Croce & Hein 2020, Alg. 1): linearise at the current
+        point, step, and once the new point is adversarial record it and move that
+        point itself back towards x (x + beta (x_adv - x)), linearising there next."""
         n = int(x.shape[0])
         flat_shape = [n, -1]
         x_flat = tf.reshape(x, flat_shape)
+        predict = self._predict_fn(model)
         x_now = start
         best = x.numpy().copy()
         best_norm = np.full(n, np.inf)
-        for iteration in range(self.n_iter + 1):  # the last pass only records
-            logits, f, grad = self._linearisation(model, x_now, y, target)
-            fooled = (tf.argmax(logits, -1, output_type=tf.int32) != y).numpy()
+        for _ in range(self.n_iter):
+            _, f, grad = self._linearisation(model, x_now, y, target)
+            x_now = tf.reshape(self._step(x_flat, tf.reshape(x_now, flat_shape), tf.reshape(grad, flat_shape), f),
+                               x.shape)
+            # One forward more than linearising alone: is the new point adversarial?
+            fooled = (tf.argmax(predict(x_now), -1, output_type=tf.int32) != y).numpy()
             norms = tf.reduce_max(tf.abs(tf.reshape(x_now - x, flat_shape)), axis=1).numpy()
             better = fooled & (norms < best_norm)
             best[better] = x_now.numpy()[better]
             best_norm[better] = norms[better]
-            if iteration == self.n_iter:
-                break
-            proposal = self._step(x_flat, tf.reshape(x_now, flat_shape), tf.reshape(grad, flat_shape), f,
-                                  tf.constant(fooled))
-            x_now = tf.reshape(proposal, x.shape)
+            shrink = tf.reshape(tf.constant(fooled), [-1] + [1] * (len(x.shape) - 1))
+            x_now = tf.where(shrink, x + self.beta * (x_now - x), x_now)
         return best, best_norm
+
+    def _predict_fn(self, model):
+        key = ("predict", id(model))
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(lambda xb: model(xb, training=False), reduce_retracing=True)
+        return self._compiled[key]
 
     def perturb(self, model, x, y):
         """The smallest adversarial example found for each point if its L-inf norm

@@ -108,6 +108,7 @@ def load_dataset(
     validate_dataset_name(name)
     arrays = _read(name, data_dir)
     x_train, y_train, x_test, y_test, class_names = arrays
+    _check_splits(name, x_train, y_train, x_test, y_test)
     _check_labels(name, y_train, y_test, len(class_names))
     if train_subset is not None:
         keep = balanced_subset(y_train, train_subset, seed)
@@ -148,6 +149,19 @@ def _tfds_prepared(name: str) -> bool:
     (checked on disk: asking a TFDS builder can create folders as a side effect)."""
     root = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
     return any((root / TFDS_NAMES[name]).glob("*/dataset_info.json"))
+
+
+def _check_splits(name, x_train, y_train, x_test, y_test) -> None:
+    """One image per label, no empty split, the same image shape in both splits."""
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if len(x) != len(y):
+            raise UserError(f"data set '{name}': {len(x)} {split} images but {len(y)} labels; "
+                            "every image needs exactly one label")
+        if len(y) == 0:
+            raise UserError(f"data set '{name}': the {split} split is empty; it needs at least one example")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise UserError(f"data set '{name}': train images are {x_train.shape[1:]} but test images are "
+                        f"{x_test.shape[1:]}; both splits need the same image shape")
 
 
 def _check_labels(name, y_train, y_test, num_classes) -> None:

@@ -49,12 +49,19 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _read_cifar_pickle(path: Path) -> dict:
+def _read_cifar_pickle(path: Path, required: tuple[bytes, ...] = ()) -> dict:
     try:
         with open(path, "rb") as handle:
-            return _ArrayOnlyUnpickler(handle, encoding="bytes").load()
+            batch = _ArrayOnlyUnpickler(handle, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
         raise UserError(f"cannot read CIFAR file '{path}' ({err}); re-extract the CIFAR python archive")
+    if not isinstance(batch, dict):
+        raise UserError(f"CIFAR file '{path}' holds a {type(batch).__name__}, not a dictionary; "
+                        "re-extract the CIFAR python archive")
+    missing = [key.decode() for key in required if key not in batch]
+    if missing:
+        raise UserError(f"CIFAR file '{path}' lacks {', '.join(missing)}; re-extract the CIFAR python archive")
+    return batch
 
 
 def _cifar_images(batch: dict, path: Path) -> np.ndarray:
@@ -83,17 +90,17 @@ def _read_cifar10(folder: Path) -> Arrays:
         path = folder / f"data_batch_{i}"
         if not path.is_file():
             raise UserError(f"CIFAR-10 folder '{folder}' is missing {path.name}; re-extract the archive")
-        batch = _read_cifar_pickle(path)
+        batch = _read_cifar_pickle(path, (b"data", b"labels"))
         xs.append(_cifar_images(batch, path))
         ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
     test_path = folder / "test_batch"
     if not test_path.is_file():
         raise UserError(f"CIFAR-10 folder '{folder}' is missing test_batch; re-extract the archive")
-    test = _read_cifar_pickle(test_path)
+    test = _read_cifar_pickle(test_path, (b"data", b"labels"))
     meta_path = folder / "batches.meta"
     names = [f"class_{i}" for i in range(10)]
     if meta_path.is_file():
-        names = [n.decode() for n in _read_cifar_pickle(meta_path)[b"label_names"]]
+        names = [n.decode() for n in _read_cifar_pickle(meta_path, (b"label_names",))[b"label_names"]]
     return (np.concatenate(xs), np.concatenate(ys), _cifar_images(test, test_path),
             np.asarray(test[b"labels"], dtype=np.int64), names)
 
@@ -102,8 +109,9 @@ def _read_cifar100(folder: Path) -> Arrays:
     train_path, test_path = folder / "train", folder / "test"
     if not test_path.is_file():
         raise UserError(f"CIFAR-100 folder '{folder}' is missing 'test'; re-extract the archive")
-    train, test = _read_cifar_pickle(train_path), _read_cifar_pickle(test_path)
-    names = [n.decode() for n in _read_cifar_pickle(folder / "meta")[b"fine_label_names"]]
+    train = _read_cifar_pickle(train_path, (b"data", b"fine_labels"))
+    test = _read_cifar_pickle(test_path, (b"data", b"fine_labels"))
+    names = [n.decode() for n in _read_cifar_pickle(folder / "meta", (b"fine_label_names",))[b"fine_label_names"]]
     return (_cifar_images(train, train_path), np.asarray(train[b"fine_labels"], dtype=np.int64),
             _cifar_images(test, test_path), np.asarray(test[b"fine_labels"], dtype=np.int64), names)
 
@@ -126,6 +134,8 @@ def _parse_idx(raw: bytes, stem: str) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UserError(f"'{stem}' is not an idx file of unsigned bytes; fetch it again")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise UserError(f"'{stem}' is truncated inside its header ({len(raw)} bytes); fetch it again")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -163,12 +173,22 @@ def read_npz(path: Path) -> Arrays:
                                 "it needs x_train, y_train, x_test, y_test")
             arrays = [archive[k] for k in ("x_train", "y_train", "x_test", "y_test")]
             names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
+            declared = archive["num_classes"] if "num_classes" in archive.files else None
     except (ValueError, OSError) as err:
         raise UserError(f"cannot read npz file '{path}' ({err}); write it with numpy.savez")
+    for key, labels in (("y_train", arrays[1]), ("y_test", arrays[3])):
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise UserError(f"npz file '{path}': {key} must be a 1-D array of whole-number class ids, "
+                            f"got dtype {labels.dtype} and shape {labels.shape}")
     x_train, y_train, x_test, y_test = (to_uint8_images(arrays[0], path), arrays[1].astype(np.int64),
                                         to_uint8_images(arrays[2], path), arrays[3].astype(np.int64))
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
-    return x_train, y_train, x_test, y_test, names or [str(i) for i in range(num_classes)]
+    seen = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    if names is None and declared is not None:
+        if declared.ndim != 0 or not np.issubdtype(declared.dtype, np.integer) or int(declared) < seen:
+            raise UserError(f"npz file '{path}': num_classes must be one whole number >= {seen} (the labels use "
+                            f"0..{seen - 1})")
+        names = [str(i) for i in range(int(declared))]
+    return x_train, y_train, x_test, y_test, names or [str(i) for i in range(seen)]
 
 
 def to_uint8_images(x: np.ndarray, origin) -> np.ndarray:
@@ -179,7 +199,15 @@ def to_uint8_images(x: np.ndarray, origin) -> np.ndarray:
         raise UserError(f"images in '{origin}' have shape {x.shape}; expected (N, H, W) or (N, H, W, C)")
     if x.dtype == np.uint8:
         return x
-    if x.min() < 0 or x.max() > 1:
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise UserError(f"images in '{origin}' have dtype {x.dtype}; store uint8 in [0, 255] or floats in [0, 1]")
+    if np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise UserError(f"integer images in '{origin}' must be in [0, 255]; found [{x.min()}, {x.max()}]")
+        return x.astype(np.uint8)
+    if x.size and not np.isfinite(x).all():
+        raise UserError(f"images in '{origin}' contain NaN or infinite pixels; clean the data first")
+    if x.size and (x.min() < 0 or x.max() > 1):
         raise UserError(f"float images in '{origin}' must be in [0, 1]; found [{x.min():.3g}, {x.max():.3g}]")
     return np.round(x * 255).astype(np.uint8)
 

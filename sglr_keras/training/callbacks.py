@@ -179,9 +179,15 @@ class RichProgress(keras.callbacks.Callback):
         status = f"loss {_plain(logs.get('loss', 0)):.3f} acc {_plain(logs.get('acc', 0)):.3f}"
         self.progress.update(self.task, completed=batch + 1, status=status)
 
+    def on_train_begin(self, logs=None):
+        self.console.print("legend: train adv acc = accuracy on the epoch's own training attacks (running mean); "
+                           "test/train robust = PGD accuracy on fixed subsets after the epoch; accuracies in %",
+                           highlight=False, soft_wrap=True)
+
     def on_epoch_end(self, epoch, logs=None):
         self._stop()
-        parts = [f"{label} {_plain(logs[key]):.4f}" for key, label in SUMMARY_KEYS if key in logs]
+        parts = [f"{label} {_plain(logs[key]):.4f}" if key == "loss" else f"{label} {100 * _plain(logs[key]):.1f}"
+                 for key, label in SUMMARY_KEYS if key in logs]
         self.console.print(f"epoch {epoch + 1}/{self.epochs}  " + "  ".join(parts)
                            + f"  ({float(logs.get('seconds', 0)):.1f}s)", soft_wrap=True, highlight=False)
 

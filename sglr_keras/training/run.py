@@ -22,7 +22,7 @@ from sglr_keras.attacks.training import NoAttack, TradesKL, TrainingPGD
 from sglr_keras.config import TrainConfig, config_from_dict
 from sglr_keras.data import DatasetBundle, load_dataset
 from sglr_keras.data.pipeline import steps_per_epoch, train_dataset
-from sglr_keras.errors import UserError
+from sglr_keras.errors import Interrupted, UserError
 from sglr_keras.io import atomic_write_text
 from sglr_keras.models import build_model
 from sglr_keras.run_folder import RunFolder
@@ -282,8 +282,9 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
         elif resume_from is not None:
             start_from_checkpoint(classifier, resume_from)
             console.print(f"starting from the weights of '{resume_from}'")
-    console.print(f"strategy: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
-                  f"{bundle.num_train} training examples, {steps} steps per epoch", highlight=False)
+    console.print(f"strategy: {type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} "
+                  f"replica(s); {bundle.num_train} training examples, {steps} steps per epoch",
+                  highlight=False, soft_wrap=True)
 
     # Everything the run needs exists and fits: from here on the run folder is written.
     folder = RunFolder(run_dir)
@@ -327,6 +328,14 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     except OSError as err:
         raise UserError(f"cannot save to '{run_dir}' ({err.strerror or err}); the previous checkpoint is intact. "
                         "Free space or fix permissions, then rerun the same command to resume")
+    except KeyboardInterrupt:
+        for callback in callbacks:
+            if isinstance(callback, RichProgress):
+                callback.on_train_end()
+        saved = read_state(Path(out_dir))
+        where = f"after epoch {saved['epoch']}" if saved else "before the first epoch ended (nothing saved)"
+        raise Interrupted(f"interrupted: '{run_dir}' holds the run {where}; "
+                          "rerun the same command to resume from there")
     summary = summarize(history)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
