@@ -1,12 +1,16 @@
-"""Time the train step of each method on the same model and batch, in one run.
+"""Time the train step of each method on the same model and batch, in one run,
+for each precision and XLA setting asked for.
 
-Prints JSON: images/s per method (median over interleaved repeats, after
-warm-up), the ratio sglr / pgd-at, the FLOPs of one step (from TensorFlow's graph
-profiler), the achieved GFLOP/s, and the machine's practical peak measured with
-a large float32 matmul in the same run.
+Prints JSON: the device (CPU model or GPU name), images/s per method, precision
+and XLA setting (median over interleaved repeats, after warm-up), the ratio
+sglr / pgd-at for each combination, the FLOPs of one float32 step (from
+TensorFlow's graph profiler), and the machine's float32 matmul rate measured in
+the same run.
 
     python benchmarks/train_step.py --arch resnet18 --batch-size 32 --steps 3
-    python benchmarks/train_step.py --arch small_cnn --input-shape 28,28,1 --batch-size 128 --jit both
+    # whatever device is here, every precision, XLA on and off, JSON into docs/bench/:
+    python benchmarks/train_step.py --arch resnet18 --batch-size 128 --methods pgd-at,sglr \
+        --precisions float32,mixed_bfloat16,mixed_float16 --jit both --out docs/bench/train_step_$(hostname).json
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench_io import emit, machine  # noqa: E402
 
+from sglr_keras.attacks.training import NoAttack  # noqa: E402
 from sglr_keras.config import load_config  # noqa: E402
 from sglr_keras.models import build_model  # noqa: E402
 from sglr_keras.training.run import build_trainer, make_optimizer  # noqa: E402
@@ -69,15 +74,15 @@ def step_flops(trainer, batch, attack_steps: int) -> float | None:
     iteration = graph_flops(attack_iteration, x, y)
     if outside_loop is None or iteration is None:
         return None
-    return outside_loop + (attack_steps * iteration if trainer.method != "standard" else 0.0)
+    return outside_loop + (attack_steps * iteration if not isinstance(trainer.attack, NoAttack) else 0.0)
 
 
 def make_trainer(method: str, arch: str, input_shape, num_classes: int, batch_size: int,
-                 attack_steps: int, jit: bool):
+                 attack_steps: int, jit: bool, precision: str = "float32"):
     config = load_config(None, {"method": method, "model.arch": arch, "attack.steps": attack_steps,
-                                "data.dataset": "synthetic", "epochs": 2})
+                                "data.dataset": "synthetic", "epochs": 2, "precision": precision})
     labels = np.arange(batch_size) % num_classes
-    classifier = build_model(arch, input_shape, num_classes)
+    classifier = build_model(arch, input_shape, num_classes, precision=precision)
     trainer = build_trainer(classifier, config, labels, num_classes)
     trainer.compile(optimizer=make_optimizer(config, steps=1), jit_compile=jit)
     return trainer
@@ -94,6 +99,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default="standard,pgd-at,sglr,trades")
     parser.add_argument("--jit", choices=["off", "on", "both"], default="off")
+    parser.add_argument("--precisions", default="float32",
+                        help="comma-separated: float32, mixed_bfloat16, mixed_float16")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 
@@ -107,16 +114,18 @@ def main():
     methods = args.methods.split(",")
 
     peak = matmul_peak_gflops()
+    precisions = args.precisions.split(",")
     trainers, flops = {}, {}
-    for jit in jit_modes:
-        for method in methods:
-            key = f"{method}{'+xla' if jit else ''}"
-            trainers[key] = make_trainer(method, args.arch, shape, args.num_classes, args.batch_size,
-                                         args.attack_steps, jit)
-            flops[key] = step_flops(trainers[key], batch, args.attack_steps)
-            trainers[key].fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
+    for precision in precisions:
+        for jit in jit_modes:
+            for method in methods:
+                key = f"{method}[{precision}{'+xla' if jit else ''}]"
+                trainers[key] = make_trainer(method, args.arch, shape, args.num_classes, args.batch_size,
+                                             args.attack_steps, jit, precision)
+                flops[key] = step_flops(trainers[key], batch, args.attack_steps) if precision == "float32" else None
+                trainers[key].fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace, warm up
     seconds = {key: [] for key in trainers}
-    for _ in range(args.repeats):  # interleaved, so drift in machine load hits every method alike
+    for _ in range(args.repeats):  # interleaved, so drift in machine load hits every setting alike
         for key, trainer in trainers.items():
             start = time.perf_counter()
             trainer.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
@@ -126,20 +135,24 @@ def main():
     for key, samples in seconds.items():
         step = statistics.median(samples)
         results[key] = {"images_per_second": args.batch_size / step, "seconds_per_step": step,
+                        "images_per_second_each_repeat": [args.batch_size / t for t in samples],
                         "gflop_per_step": flops[key] / 1e9 if flops[key] else None,
                         "achieved_gflops": flops[key] / step / 1e9 if flops[key] else None}
     report = {
         "arch": args.arch, "input_shape": list(shape), "batch_size": args.batch_size,
         "attack_steps": args.attack_steps, "timed_steps": args.steps, "repeats": args.repeats,
         "machine": {**machine(), "matmul_peak_gflops": peak},
-        "methods": results,
+        "methods": results, "ratios": {},
     }
-    for suffix in ["+xla"] if args.jit == "on" else [""] + (["+xla"] if args.jit == "both" else []):
-        if f"sglr{suffix}" in results and f"pgd-at{suffix}" in results:
-            report[f"ratio_sglr_over_pgd_at{suffix}"] = (
-                results[f"sglr{suffix}"]["seconds_per_step"] / results[f"pgd-at{suffix}"]["seconds_per_step"])
-    if args.jit == "both" and "pgd-at" in results and "pgd-at+xla" in results:
-        report["xla_speedup_pgd_at"] = results["pgd-at"]["seconds_per_step"] / results["pgd-at+xla"]["seconds_per_step"]
+    for precision in precisions:
+        for jit in jit_modes:
+            setting = f"{precision}{'+xla' if jit else ''}"
+            sglr, pgd = results.get(f"sglr[{setting}]"), results.get(f"pgd-at[{setting}]")
+            if sglr and pgd:
+                report["ratios"][f"sglr_over_pgd_at[{setting}]"] = sglr["seconds_per_step"] / pgd["seconds_per_step"]
+            base = results.get("pgd-at[float32]")
+            if pgd and base and setting != "float32":
+                report["ratios"][f"pgd_at_speedup[{setting}]"] = base["seconds_per_step"] / pgd["seconds_per_step"]
     emit(report, args.out)
 
 

@@ -23,7 +23,10 @@ from sglr_keras.cli.main import console, sglr, user_errors
 @click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multi-worker"]),
               help="tf.distribute strategy (auto: mirrored on several GPUs).")
 @click.option("--cpu-replicas", type=int, help="Split the CPU into N logical devices (tests the mirrored path).")
-@click.option("--jit/--no-jit", "jit_compile", default=None, help="Compile the train step with XLA.")
+@click.option("--jit/--no-jit", "jit_compile", default=None,
+              help="Compile the train step with XLA (default: on for GPU/TPU, off on CPU).")
+@click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]),
+              help="Mixed precision for the network (logits, losses and the SGLR table stay float32).")
 @click.option("--seed", type=int, help="Random seed for data order, augmentation and initialisation.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder; an existing run with the same config resumes.")
@@ -45,6 +48,7 @@ def train(config_path, out_dir, overwrite, resume_from, assignments, **flags):
         "data.label_noise": flags["label_noise"], "attack.eps": flags["eps"],
         "sglr.preset": flags["sglr_preset"], "strategy": flags["strategy"],
         "cpu_replicas": flags["cpu_replicas"], "jit_compile": flags["jit_compile"], "seed": flags["seed"],
+        "precision": flags["precision"],
     }
     config = load_config(config_path, overrides, assignments)
     console.print(f"training [bold]{config.method}[/] {config.model.arch} on {config.data.dataset} "

@@ -34,9 +34,13 @@ def _bn(name=None):
                                      name=name)
 
 
+def _logits(num_classes):
+    # float32 logits under a mixed policy: every loss and the SGLR table read them.
+    return layers.Dense(num_classes, name="logits", dtype="float32")
+
+
 def _head(x, num_classes):
-    x = layers.GlobalAveragePooling2D()(x)
-    return layers.Dense(num_classes, name="logits")(x)
+    return _logits(num_classes)(layers.GlobalAveragePooling2D()(x))
 
 
 # --- ResNet (He et al. 2016), CIFAR variant ------------------------------------
@@ -121,7 +125,7 @@ def _small_cnn(input_shape, num_classes, width):
     x = layers.Flatten()(x)
     for _ in range(2):
         x = layers.Dense(_channels(200, width), activation="relu")(x)
-    return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="small_cnn")
+    return keras.Model(inputs, _logits(num_classes)(x), name="small_cnn")
 
 
 ARCHITECTURES = {
@@ -145,17 +149,22 @@ def validate_arch_name(name: str) -> None:
 
 
 def build_model(arch: str, input_shape, num_classes: int, width: float = 1.0,
-                sync_batchnorm: bool = False) -> keras.Model:
+                sync_batchnorm: bool = False, precision: str = "float32") -> keras.Model:
     """Build ``arch`` for images of ``input_shape`` (H, W, C) in [0, 1].
 
     ``sync_batchnorm`` makes batch norm use the statistics of the global batch
     across replicas (the same numbers as one device would compute), at the cost
-    of one all-reduce per layer.
+    of one all-reduce per layer. ``precision`` is a Keras dtype policy
+    (``mixed_float16``, ``mixed_bfloat16``) for every layer but the float32
+    logits; the input stays float32, so attacks differentiate w.r.t. float32 pixels.
     """
     global _SYNC_BATCHNORM
     validate_arch_name(arch)
     _SYNC_BATCHNORM = sync_batchnorm
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
     try:
         return ARCHITECTURES[canonical_arch_name(arch)](tuple(input_shape), int(num_classes), width)
     finally:
         _SYNC_BATCHNORM = False
+        keras.config.set_dtype_policy(previous_policy)

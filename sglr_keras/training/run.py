@@ -90,7 +90,22 @@ def make_optimizer(config: TrainConfig, steps: int) -> keras.optimizers.Optimize
         )
     else:
         schedule = opt.lr
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=opt.momentum, nesterov=opt.nesterov)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=opt.momentum, nesterov=opt.nesterov)
+    if config.precision == "mixed_float16":
+        # float16 gradients underflow without a loss scale; steps with non-finite
+        # gradients are skipped and counted (history column skipped_steps).
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def resolve_jit(config: TrainConfig) -> bool:
+    """``jit_compile`` as set, or (unset) XLA on GPUs and TPUs and not on CPUs,
+    where XLA skips oneDNN and the PGD step ran 4x slower (docs/bench)."""
+    if config.jit_compile is not None:
+        return config.jit_compile
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
 def _config_differences(old: dict, new: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
@@ -267,9 +282,10 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
 
     with strategy.scope():
         classifier = build_model(config.model.arch, bundle.input_shape, bundle.num_classes, config.model.width,
-                                 config.model.sync_batchnorm)
+                                 config.model.sync_batchnorm, config.precision)
         trainer = build_trainer(classifier, config, bundle.y_train, bundle.num_classes)
-        trainer.compile(optimizer=make_optimizer(config, steps), jit_compile=config.jit_compile)
+        jit = resolve_jit(config)
+        trainer.compile(optimizer=make_optimizer(config, steps), jit_compile=jit)
         if state:
             trainer.optimizer.build(classifier.trainable_variables)
             state_weights = RunFolder(out_dir).trainer_weights
@@ -283,7 +299,8 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
             start_from_checkpoint(classifier, resume_from)
             console.print(f"starting from the weights of '{resume_from}'")
     console.print(f"strategy: {type(strategy).__name__.lstrip('_')} with {strategy.num_replicas_in_sync} "
-                  f"replica(s); {bundle.num_train} training examples, {steps} steps per epoch",
+                  f"replica(s); precision {config.precision}; XLA {'on' if jit else 'off'}; "
+                  f"{bundle.num_train} training examples, {steps} steps per epoch",
                   highlight=False, soft_wrap=True)
 
     # Everything the run needs exists and fits: from here on the run folder is written.

@@ -31,6 +31,8 @@ class AdversarialTrainer(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="acc")
         self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
+        # Steps whose (loss-scaled float16) gradients were not finite: skipped, not applied.
+        self.skipped_tracker = keras.metrics.Sum(name="skipped_steps")
         self.built = True
 
     @property
@@ -38,8 +40,13 @@ class AdversarialTrainer(keras.Model):
         return self.objective.soft_label_table
 
     @property
+    def loss_scaling(self) -> bool:
+        return isinstance(getattr(self, "optimizer", None), keras.optimizers.LossScaleOptimizer)
+
+    @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker, self.grad_norm_tracker]
+        trackers = [self.loss_tracker, self.accuracy_tracker, self.grad_norm_tracker]
+        return trackers + [self.skipped_tracker] if self.loss_scaling else trackers
 
     def call(self, inputs, training=False):
         return self.classifier(inputs, training=training)
@@ -82,12 +89,19 @@ class AdversarialTrainer(keras.Model):
             loss = self.objective.loss(targets, logits_adv, logits_clean)
             # Keras sums gradients over replicas, so each replica contributes 1/R of the mean.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = loss / replicas
+            scaled_loss = self.scale_loss(loss / replicas)
         self.store_refined_rows(indices, rows)
         variables = self.classifier.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.apply_with_weight_decay(gradients, variables, replicas)
         return self.update_metrics(loss, y, logits_adv, gradients, replicas)
+
+    def scale_loss(self, loss):
+        """The loss times the dynamic loss scale under float16 (else unchanged)."""
+        return self.optimizer.scale_loss(loss) if self.loss_scaling else loss
+
+    def loss_scale(self):
+        return tf.cast(self.optimizer.scale_loss(1.0), tf.float32) if self.loss_scaling else 1.0
 
     def example_seeds(self, indices):
         """One stateless seed per example from (run seed, step, example index): a
@@ -123,7 +137,12 @@ class AdversarialTrainer(keras.Model):
         (Keras's own ``weight_decay`` is decoupled, which differs under momentum).
         Each replica adds 1/R of it, since the replicas' gradients are summed."""
         if self.weight_decay:
-            gradients = [g + (self.weight_decay / replicas) * v for g, v in zip(gradients, variables)]
+            # Under loss scaling the gradients are scaled; so is the decay term, so
+            # that the optimizer's unscaling leaves plain L2.
+            decay = (self.weight_decay / replicas) * self.loss_scale()
+            gradients = [g + tf.cast(decay, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(gradients, variables)]
+        # A LossScaleOptimizer checks the gradients: non-finite ones are skipped
+        # (and the scale halved), finite ones unscaled and applied.
         self.optimizer.apply(gradients, variables)
 
     def update_metrics(self, loss, y, logits_adv, gradients, replicas):
@@ -131,7 +150,14 @@ class AdversarialTrainer(keras.Model):
         mean loss (the scaled gradients times R)."""
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(y, logits_adv)
-        self.grad_norm_tracker.update_state(tf.linalg.global_norm(gradients) * tf.cast(replicas, tf.float32))
+        norm = tf.linalg.global_norm(gradients) * tf.cast(replicas, tf.float32) / self.loss_scale()
+        if self.loss_scaling:
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+            self.skipped_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
+            # The norm of a skipped step is not a number worth averaging in.
+            self.grad_norm_tracker.update_state(tf.where(finite, norm, 0.0), sample_weight=tf.cast(finite, tf.float32))
+        else:
+            self.grad_norm_tracker.update_state(norm)
         # Shape (1,), not a scalar: under MultiWorkerMirroredStrategy Keras averages
         # step outputs over axis 0, which a scalar does not have.
         return {m.name: tf.reshape(m.result(), [1]) for m in self.metrics}
