@@ -21,10 +21,29 @@ PGD_AA_SPREAD_LIMIT = 0.02
 SQUARE_GAIN_LIMIT = 0.005
 LARGE_EPS = (0.25, 0.5, 1.0)
 LARGE_EPS_POINTS = 200
+# Largest logit difference between two identical forward passes that still counts
+# as deterministic (float reductions may reorder).
+DETERMINISM_TOLERANCE = 1e-4
+DETERMINISM_POINTS = 64
+
+
+def determinism_check(runner, x) -> dict:
+    """Two forward passes on the same points: a randomised model (noise injection,
+    random input transforms) defeats the standard AutoAttack, which assumes a
+    fixed model; ``--version rand`` (expectation over transformations) is for it."""
+    points = x[:DETERMINISM_POINTS]
+    difference = float(np.abs(runner.logits(points) - runner.logits(points)).max()) if len(points) else 0.0
+    flagged = difference > DETERMINISM_TOLERANCE
+    return {
+        "check": "deterministic_outputs", "value": difference, "flagged": flagged,
+        "message": (f"The model's outputs change between identical calls (up to {difference:.3g}): it is "
+                    "randomised, so the standard AutoAttack under-attacks it; evaluate with --version rand."
+                    if flagged else "The model's outputs are deterministic."),
+    }
 
 
 def gradient_masking_checks(results: dict, runner, x, y, clean_correct, norm: str = "Linf") -> list[dict]:
-    checks = []
+    checks = [determinism_check(runner, x)]
     robust = results["robust_accuracy"]
     if "pgd" in robust and "autoattack" in robust:
         spread = robust["pgd"] - robust["autoattack"]

@@ -1,9 +1,13 @@
 import numpy as np
 import tensorflow as tf
 
+from sglr_keras.attacks import build_attack
+from sglr_keras.attacks.apgd import APGD
+from sglr_keras.attacks.fab import FAB
 from sglr_keras.attacks.fgsm import FGSM
 from sglr_keras.attacks.losses import cross_entropy, cw_margin
 from sglr_keras.attacks.pgd import CW, PGD
+from sglr_keras.attacks.square import Square
 from sglr_keras.evaluation import AttackBudgetError, check_budget
 from sglr_keras.models import build_model
 from tests.conftest import linear_model
@@ -73,3 +77,18 @@ def test_budget_check_refuses_out_of_ball_points():
     with pytest.raises(AttackBudgetError):
         check_budget(x, x - 0.01, eps=0.05)
     check_budget(x, x + 0.05, eps=0.05)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: APGD(0.03, loss="cw"), "loss must be"),
+    (lambda: PGD(float("nan"), 0.01, 10), "eps"),
+    (lambda: PGD(0.03, 0.01, -5), "steps"),
+    (lambda: PGD(0.03, float("nan"), 10), "step_size"),
+    (lambda: Square(0.03, n_queries=0), "n_queries"),
+    (lambda: FAB(0.03, n_target_classes=0), "n_target"),
+    (lambda: build_attack("deepfool", 0.03), "unknown"),
+    (lambda: build_attack("square", 0.5, "L2"), "L-inf"),
+])
+def test_attack_constructors_refuse_settings_they_would_misread(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()

@@ -219,3 +219,14 @@ def test_fab_finds_the_minimum_norm_of_a_binary_linear_model():
     # Measured: within 0.54% of the exact distance; the previous order (shrinking the
     # next proposal instead of the adversarial point) stopped 0.91% out on every point.
     np.testing.assert_array_less(norms[reachable], distance[reachable] * 1.007)
+
+
+def test_the_determinism_check_flags_a_randomised_model_only():
+    from sglr_keras.diagnostics import determinism_check
+
+    model, x, y, _ = _linear_problem(num_classes=2, n=32, seed=3)
+    inputs = keras.Input(x.shape[1:])
+    noisy = keras.layers.Lambda(lambda t: t + 0.01 * tf.random.normal(tf.shape(t)))(inputs)
+    randomised = keras.Model(inputs, model(noisy))
+    assert determinism_check(ModelRunner(randomised), x)["flagged"]
+    assert not determinism_check(ModelRunner(model), x)["flagged"]

@@ -122,3 +122,26 @@ def test_eval_refuses_a_class_count_mismatch(tmp_path):
 def test_cli_entry_point_has_help():
     result = run_cli("--help")
     assert result.exit_code == 0 and "train" in result.output and "eval" in result.output
+
+
+def test_help_and_flag_errors_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom click.testing import CliRunner\nfrom sglr_keras.cli.main import with_commands\n"
+              "group = with_commands()\n"
+              "assert CliRunner().invoke(group, ['--help']).exit_code == 0\n"
+              "assert CliRunner().invoke(group, ['train', '--help']).exit_code == 0\n"
+              "assert CliRunner().invoke(group, ['eval', '--bogus']).exit_code == 2\n"
+              "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported'\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_set_reaches_keys_without_a_flag(tmp_path):
+    from sglr_keras.config import load_config
+
+    config = load_config(None, {"epochs": 3}, ["model.width=0.5", "data.augment=false", "attack.eps=8/255",
+                                               "optimizer.lr_milestones=[2, 3]", "data.train_subset=null"])
+    assert config.model.width == 0.5 and config.data.augment is False and config.epochs == 3
+    assert config.attack.eps == pytest.approx(8 / 255) and config.optimizer.lr_milestones == (2.0, 3.0)

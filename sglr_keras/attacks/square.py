@@ -23,7 +23,10 @@ import tensorflow as tf
 from sglr_keras.attacks.losses import check_attack_settings
 
 # (fraction of the budget after which p is divided, divisor), from the paper's
-# schedule defined on 10,000 queries.
+# schedule defined on 10,000 queries. We rescale it to the query budget (with
+# 5,000 queries the first halving comes after 5, not 10, queries); the reference
+# AutoAttack runs Square with the raw 10,000-query thresholds even at 5,000
+# queries, so its windows shrink later in the run than ours.
 P_SCHEDULE = ((0.0010, 2), (0.0050, 4), (0.0200, 8), (0.0500, 16), (0.1000, 32),
               (0.2000, 64), (0.4000, 128), (0.6000, 256), (0.8000, 512))
 
