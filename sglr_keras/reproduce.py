@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -263,9 +264,9 @@ def _pct(value) -> str:
 
 def markdown(experiment: Experiment, results: list[dict], command: str) -> str:
     """Tables of the final attacks and the training curves, with the plots."""
-    attacks = [a for a in ("clean", "pgd", "cw", "autoattack") if any(
+    attacks = [a for a in ("clean", "pgd", "pgd-reference", "cw", "autoattack") if any(
         a in r["checkpoints"].get(c, {}) for r in results for c in CHECKPOINTS)]
-    names = {"clean": "clean", "pgd": "PGD-20", "cw": "CW", "autoattack": "AA"}
+    names = {"clean": "clean", "pgd": "PGD-20", "pgd-reference": "PGD-20 (authors')", "cw": "CW", "autoattack": "AA"}
     lines = [f"# {experiment.name}", ""]
     if experiment.description:
         lines += [experiment.description.strip(), ""]
@@ -312,9 +313,65 @@ def markdown(experiment: Experiment, results: list[dict], command: str) -> str:
     if flags:
         lines += ["", "Gradient-masking checks that fired:", ""]
         lines += [f"- {run} ({checkpoint}): {message}" for run, checkpoint, message in flags]
+    lines += seed_statistics(results)
     lines += ["", "![robust accuracy](plots/robust_accuracy.png)", "![clean accuracy](plots/clean_accuracy.png)",
               "![gradient norm](plots/gradient_norm.png)", "![gap](plots/generalisation_gap.png)", ""]
     return "\n".join(lines)
+
+
+SEED_SUFFIX = re.compile(r"-seed\d+$")
+# (label, how to read the number from a run result); values are fractions.
+SEED_COLUMNS = (
+    ("curve best", lambda r: r["curve"]["best_test_robust"]),
+    ("curve last", lambda r: r["curve"]["last_test_robust"]),
+    ("curve best - last", lambda r: r["curve"]["best_minus_last"]),
+    ("PGD-20 best", lambda r: r["checkpoints"].get("best", {}).get("pgd")),
+    ("PGD-20 last", lambda r: r["checkpoints"].get("last", {}).get("pgd")),
+    ("PGD-20 best - last", lambda r: r.get("best_minus_last", {}).get("pgd")),
+    ("CW best - last", lambda r: r.get("best_minus_last", {}).get("cw")),
+    ("clean last", lambda r: r["checkpoints"].get("last", {}).get("clean")),
+    ("AA last", lambda r: r["checkpoints"].get("last", {}).get("autoattack")),
+    ("ECE last", lambda r: r["checkpoints"].get("last", {}).get("ece")),
+    ("train - test robust (last)", lambda r: r["curve"]["last_train_minus_test_robust"]),
+)
+
+
+def seed_groups(results: list[dict]) -> dict[str, list[dict]]:
+    """Runs grouped by name without their ``-seedN`` suffix."""
+    groups: dict[str, list[dict]] = {}
+    for result in results:
+        groups.setdefault(SEED_SUFFIX.sub("", result["run"]), []).append(result)
+    return groups
+
+
+def mean_and_spread(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    import statistics
+
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def seed_statistics(results: list[dict]) -> list[str]:
+    """A table of mean +- standard deviation over the seeds of each method (in %)."""
+    groups = seed_groups(results)
+    if all(len(runs) == 1 for runs in groups.values()):
+        return []
+    lines = ["", "Over seeds (runs named NAME, NAME-seed1, ...): mean +- sample standard deviation, in %; "
+             "n = number of seeds with the value.", "",
+             "| method | n | " + " | ".join(label for label, _ in SEED_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(SEED_COLUMNS)]
+    for name, runs in groups.items():
+        cells = []
+        for _, read in SEED_COLUMNS:
+            values = [v for v in (read(r) for r in runs) if isinstance(v, (int, float))]
+            if not values:
+                cells.append("")
+                continue
+            mean, spread = mean_and_spread([100 * v for v in values])
+            cells.append(f"{mean:.1f}" + (f" +- {spread:.1f}" if spread is not None else "")
+                         + (f" (n={len(values)})" if len(values) != len(runs) else ""))
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: list[str] | None = None,

@@ -149,3 +149,19 @@ def test_report_only_writes_the_report_without_training(finished, tmp_path):
     result = run_cli("reproduce", path, "--runs-dir", tmp_path / "elsewhere", "--report-only")
     assert result.exit_code == 2 and "no finished runs" in result.output
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_seed_statistics_give_mean_and_sample_spread_per_method():
+    from sglr_keras.reproduce import seed_statistics
+
+    def run(name, best, last):
+        return {"run": name, "curve": {"best_test_robust": best, "last_test_robust": last,
+                                       "best_minus_last": best - last, "last_train_minus_test_robust": None},
+                "checkpoints": {}}
+
+    lines = seed_statistics([run("pgd-at", 0.60, 0.55), run("pgd-at-seed1", 0.62, 0.58),
+                             run("pgd-at-seed2", 0.64, 0.58), run("trades", 0.5, 0.5)])
+    row = next(line for line in lines if line.startswith("| pgd-at |"))
+    # best 60, 62, 64 -> 62.0 +- 2.0; gap 5, 4, 6 -> 5.0 +- 1.0
+    assert "| 3 | 62.0 +- 2.0 | 57.0 +- 1.7 | 5.0 +- 1.0 |" in row
+    assert any(line.startswith("| trades | 1 | 50.0 |") for line in lines)
