@@ -322,17 +322,17 @@ def _coerce(hint, value, key):
     """``value`` as the type ``hint`` names (bool, int, float, str, an optional of
     one of them, or a tuple of floats), or a UserError naming key, value and type."""
     origin = get_origin(hint)
-    if origin is tuple:
-        (item,) = set(get_args(hint)) - {Ellipsis}
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key '{key}': {value!r} must be a list, e.g. [0.5, 0.75]")
-        return tuple(_coerce(item, v, key) for v in value)
-    allowed = get_args(hint) if origin is not None else (hint,)
+    allowed = get_args(hint) if origin is not None and origin is not tuple else (hint,)
     if value is None:
         if type(None) in allowed:
             return None
-        raise UserError(f"config key '{key}': a value is required ({_TYPE_NAMES[allowed[0]]})")
+        raise UserError(f"config key '{key}': a value is required ({_TYPE_NAMES.get(allowed[0], 'a list')})")
     kind = next(t for t in allowed if t is not type(None))
+    if get_origin(kind) is tuple:
+        (item,) = set(get_args(kind)) - {Ellipsis}
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}': {value!r} must be a list, e.g. [0.5, 0.75]")
+        return tuple(_coerce(item, v, key) for v in value)
     if kind is bool:
         if not isinstance(value, bool):
             raise UserError(f"config key '{key}': {value!r} must be true or false")

@@ -188,8 +188,11 @@ class RichProgress(keras.callbacks.Callback):
         self._stop()
         parts = [f"{label} {_plain(logs[key]):.4f}" if key == "loss" else f"{label} {100 * _plain(logs[key]):.1f}"
                  for key, label in SUMMARY_KEYS if key in logs]
-        self.console.print(f"epoch {epoch + 1}/{self.epochs}  " + "  ".join(parts)
-                           + f"  ({float(logs.get('seconds', 0)):.1f}s)", soft_wrap=True, highlight=False)
+        timing = f"{float(logs.get('seconds', 0)):.1f}s"
+        if "eval_seconds" in logs:  # what the per-epoch evaluation costs (evaluation.every thins it)
+            timing += f", evaluation {float(logs['eval_seconds']):.1f}s of it"
+        self.console.print(f"epoch {epoch + 1}/{self.epochs}  " + "  ".join(parts) + f"  ({timing})",
+                           soft_wrap=True, highlight=False)
 
     def on_train_end(self, logs=None):
         self._stop()

@@ -32,8 +32,9 @@ from sglr_keras.training.callbacks import (EpochEvaluation, NonFiniteGuard, NonF
 from sglr_keras.training.trainer import AdversarialTrainer
 
 # Extending a finished run (more epochs) is a resume, not a different experiment,
-# as long as the learning-rate drops stay where they were (see check_run_dir).
-RESUMABLE_DIFFERENCES = {"epochs"}
+# as long as the learning-rate drops stay where they were (see check_run_dir);
+# XLA is how the same step is compiled, not what it computes.
+RESUMABLE_DIFFERENCES = {"epochs", "jit_compile"}
 
 
 # --- config -> trainer parts (the only place that reads method names) -----------

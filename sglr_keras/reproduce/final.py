@@ -1,0 +1,101 @@
+"""The final attacks on a run's best and last checkpoints, on test points
+disjoint from the ones that picked the best epoch, cached beside the checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from sglr_keras.attacks import ALL
+from sglr_keras.config import TrainConfig
+from sglr_keras.errors import UserError
+from sglr_keras.io import atomic_write_text
+from sglr_keras.reproduce.experiment import FinalEvaluation
+
+def final_evaluation_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".final.json")
+
+
+# The settings that decide a cached final evaluation's numbers.
+CACHE_KEYS = ("n_examples", "attacks", "autoattack_examples", "batch_size", "seed", "eps", "selection_points",
+              "checkpoint_sha256")
+
+
+def final_attacks(final: FinalEvaluation, run: str, checkpoint: str) -> list[str]:
+    """The attacks ``final`` runs on this run's ``checkpoint`` (best or last)."""
+    attacks = list(ALL) if "all" in final.attacks else list(dict.fromkeys(final.attacks))
+    autoattack_here = checkpoint in final.autoattack_checkpoints and (
+        final.autoattack_runs is None or run in final.autoattack_runs)
+    return attacks if autoattack_here else [a for a in attacks if a != "autoattack"]
+
+
+def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvaluation, load_bundle: Callable,
+                        on_attack_start: Callable | None = None, on_batch: Callable | None = None,
+                        run: str | None = None) -> dict:
+    """Attack one checkpoint as ``final`` says, on test points disjoint from the
+    ``evaluation.n_test`` points that picked the best epoch; cached beside the
+    checkpoint and reused while the settings (``CACHE_KEYS``) and the checkpoint's
+    content are unchanged. ``load_bundle()`` gives the run's data set; it is
+    called only on a cache miss."""
+    import keras
+
+    from sglr_keras.checkpoints import checkpoint_digest, load_classifier
+    from sglr_keras.evaluation import evaluate
+    from sglr_keras.training.run import read_selection_points
+
+    attacks = final_attacks(final, run or checkpoint.parent.name, checkpoint.stem)
+    selection = read_selection_points(checkpoint.parent)
+    settings = {**json.loads(json.dumps(asdict(final))), "attacks": attacks, "eps": config.attack.eps,
+                "selection_points": _digest(selection["test_indices"]) if selection else None,
+                "checkpoint_sha256": checkpoint_digest(checkpoint)}
+    cache = final_evaluation_path(checkpoint)
+    if cache.is_file():
+        try:
+            cached = json.loads(cache.read_text())
+            if all(cached.get("settings", {}).get(k) == settings[k] for k in CACHE_KEYS):
+                return cached
+        except json.JSONDecodeError:
+            pass
+    bundle = load_bundle()
+    if selection is None:
+        raise UserError(f"'{checkpoint.parent}' has no selection_points.json, so the points that picked the best "
+                        "epoch are unknown; rerun the same sglr train command in that folder to write it")
+    indices = bundle.test_indices(final.n_examples, final.seed, exclude=selection["test_indices"])
+    x, y = bundle.test_points(indices)
+    if len(y) == 0:
+        raise UserError(f"the test set has no points left after the {config.evaluation.n_test} used to pick "
+                        "the best checkpoint; lower evaluation.n_test")
+    keras.utils.set_random_seed(final.seed)
+    model = load_classifier(checkpoint)
+    subset = final.autoattack_examples
+    if "autoattack" not in attacks or subset is None or subset >= len(y):
+        results = evaluate(model, x, y, attacks, config.attack.eps, batch_size=final.batch_size,
+                           seed=final.seed, diagnose="autoattack" in attacks,
+                           on_attack_start=on_attack_start, on_batch=on_batch)
+    else:
+        results = evaluate(model, x, y, [a for a in attacks if a != "autoattack"], config.attack.eps,
+                           batch_size=final.batch_size, seed=final.seed,
+                           on_attack_start=on_attack_start, on_batch=on_batch)
+        on_subset = evaluate(model, x[:subset], y[:subset], ["pgd", "autoattack"], config.attack.eps,
+                             batch_size=final.batch_size, seed=final.seed, diagnose=True,
+                             on_attack_start=on_attack_start, on_batch=on_batch)
+        results["robust_accuracy"]["autoattack"] = on_subset["robust_accuracy"]["autoattack"]
+        results["attacks"]["autoattack"] = on_subset["attacks"]["autoattack"]
+        results["autoattack"] = on_subset["autoattack"]
+        results["diagnostics"] = on_subset["diagnostics"]
+        results["autoattack_subset"] = {"n_examples": on_subset["n_examples"],
+                                        "clean_accuracy": on_subset["clean_accuracy"],
+                                        "pgd": on_subset["robust_accuracy"]["pgd"]}
+    results["settings"] = settings
+    results["test_indices_digest"] = _digest(indices.tolist())
+    atomic_write_text(cache, json.dumps(results, indent=2))
+    return results
+
+
+def _digest(values: list[int]) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+
+
