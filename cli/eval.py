@@ -45,7 +45,7 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     from sglr_keras.config import _fraction, _check_range
     from sglr_keras.data import load_dataset
     from sglr_keras.errors import UserError
-    from sglr_keras.evaluation import ALL, evaluate as run_evaluation
+    from sglr_keras.evaluation import ALL, EvaluationSpec, run_evaluation
     from sglr_keras.io import atomic_write_text
 
     run = checkpoints.run_info_for(checkpoint)
@@ -99,8 +99,8 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
         def on_attack_start(name, n_points):
             progress.reset(task, total=n_points, description=name)
 
-        results = run_evaluation(model, x, y, attacks, eps, norm, steps, step_size, batch_size, aa_version, seed,
-                                 diagnose, on_attack_start, lambda n: progress.advance(task, n))
+        spec = EvaluationSpec(tuple(attacks), eps, norm, steps, step_size, batch_size, aa_version, seed, diagnose)
+        results = run_evaluation(model, x, y, spec, on_attack_start, lambda n: progress.advance(task, n))
     results.update({"checkpoint": str(checkpoint), "dataset": dataset, "seed": seed})
 
     table = Table(title=f"{checkpoint} on {dataset} ({len(y)} test points, {norm} eps {eps:.4g})")

@@ -107,14 +107,48 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int
 ATTACKS = tuple(name for name in ATTACK_NAMES if name != "autoattack")
 
 
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """What to measure: attacks by registry name and their budget. ``steps`` and
+    ``step_size`` None take each attack's default (PGD-20, CW-30, APGD/FAB 100,
+    Square 5000 queries; step eps/4); ``diagnose`` adds the gradient-masking checks."""
+
+    attacks: tuple[str, ...]
+    eps: float
+    norm: str = "Linf"
+    steps: int | None = None
+    step_size: float | None = None
+    batch_size: int = 256
+    autoattack_version: str = "standard"
+    seed: int = 0
+    diagnose: bool = False
+
+    def __post_init__(self):
+        unknown = [a for a in self.attacks if a not in ATTACK_NAMES]
+        if unknown:
+            raise ValueError(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACK_NAMES)}")
+        if self.batch_size < 1 or (self.steps is not None and self.steps < 1):
+            raise ValueError("batch_size and steps must be at least 1")
+
+
 def evaluate(model, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: float, norm: str = "Linf",
              steps: int | None = None, step_size: float | None = None, batch_size: int = 256,
              version: str = "standard", seed: int = 0, diagnose: bool = False,
              on_attack_start: Callable[[str, int], None] | None = None,
              on_batch: Callable[[int], None] | None = None) -> dict:
-    """Clean accuracy and robust accuracy under each attack (each on every
-    correctly classified point); ``autoattack`` runs the suite in sequence and
-    reports every stage. With several attacks, also the worst case per point."""
+    """:func:`run_evaluation` with the spec's fields as keywords."""
+    spec = EvaluationSpec(tuple(attacks), eps, norm, steps, step_size, batch_size, version, seed, diagnose)
+    return run_evaluation(model, x, y, spec, on_attack_start, on_batch)
+
+
+def run_evaluation(model, x: np.ndarray, y: np.ndarray, spec: EvaluationSpec,
+                   on_attack_start: Callable[[str, int], None] | None = None,
+                   on_batch: Callable[[int], None] | None = None) -> dict:
+    """Clean accuracy and robust accuracy under each attack of ``spec`` (each on
+    every correctly classified point); ``autoattack`` runs the suite in sequence
+    and reports every stage. With several attacks, also the worst case per point.
+    Accuracies are fractions."""
+    attacks, eps, norm, batch_size, seed = spec.attacks, spec.eps, spec.norm, spec.batch_size, spec.seed
     runner = ModelRunner(model, batch_size)
     logits = runner.logits(x)
     correct = np.argmax(logits, axis=-1) == y
@@ -123,24 +157,25 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: float
     worst = correct.copy()
     for name in attacks:
         if name == "autoattack":
-            suite = build_attack("autoattack", eps, norm, seed=seed, version=version)
+            suite = build_attack("autoattack", eps, norm, seed=seed, version=spec.autoattack_version)
             stages = suite.run(runner, x, y, correct, on_attack_start, on_batch)
             final = stages[-1].robust_mask
             results["autoattack"] = {
-                "version": version, "label": suite.label, "notes": suite.notes,
+                "version": spec.autoattack_version, "label": suite.label, "notes": suite.notes,
                 "stages": [{"attack": s.name, "robust_accuracy_after": s.robust_accuracy,
                             "seconds": round(s.seconds, 3)} for s in stages]}
             result = AttackResult("autoattack", float(final.mean()), sum(s.seconds for s in stages), final)
         else:
             if on_attack_start:
                 on_attack_start(name, int(correct.sum()))
-            result = runner.attack(build_attack(name, eps, norm, steps, step_size, seed), x, y, correct, on_batch)
+            attack = build_attack(name, eps, norm, spec.steps, spec.step_size, seed)
+            result = runner.attack(attack, x, y, correct, on_batch)
         results["robust_accuracy"][name] = result.robust_accuracy
         results["attacks"][name] = result.to_json()
         worst &= result.robust_mask
     if len(attacks) > 1:
         results["worst_case_robust_accuracy"] = float(worst.mean())
-    if diagnose:
+    if spec.diagnose:
         from sglr_keras.diagnostics import gradient_masking_checks
 
         results["diagnostics"] = gradient_masking_checks(results, runner, x, y, correct, norm)

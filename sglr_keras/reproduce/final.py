@@ -43,7 +43,7 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
     import keras
 
     from sglr_keras.checkpoints import checkpoint_digest, load_classifier
-    from sglr_keras.evaluation import evaluate
+    from sglr_keras.evaluation import EvaluationSpec, run_evaluation
     from sglr_keras.training.run import read_selection_points
 
     attacks = final_attacks(final, run or checkpoint.parent.name, checkpoint.stem)
@@ -71,17 +71,18 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
     keras.utils.set_random_seed(final.seed)
     model = load_classifier(checkpoint)
     subset = final.autoattack_examples
+
+    def spec(names, diagnose=False):
+        return EvaluationSpec(tuple(names), config.attack.eps, batch_size=final.batch_size, seed=final.seed,
+                              diagnose=diagnose)
+
     if "autoattack" not in attacks or subset is None or subset >= len(y):
-        results = evaluate(model, x, y, attacks, config.attack.eps, batch_size=final.batch_size,
-                           seed=final.seed, diagnose="autoattack" in attacks,
-                           on_attack_start=on_attack_start, on_batch=on_batch)
+        results = run_evaluation(model, x, y, spec(attacks, "autoattack" in attacks), on_attack_start, on_batch)
     else:
-        results = evaluate(model, x, y, [a for a in attacks if a != "autoattack"], config.attack.eps,
-                           batch_size=final.batch_size, seed=final.seed,
-                           on_attack_start=on_attack_start, on_batch=on_batch)
-        on_subset = evaluate(model, x[:subset], y[:subset], ["pgd", "autoattack"], config.attack.eps,
-                             batch_size=final.batch_size, seed=final.seed, diagnose=True,
-                             on_attack_start=on_attack_start, on_batch=on_batch)
+        results = run_evaluation(model, x, y, spec([a for a in attacks if a != "autoattack"]), on_attack_start,
+                                 on_batch)
+        on_subset = run_evaluation(model, x[:subset], y[:subset], spec(["pgd", "autoattack"], True),
+                                   on_attack_start, on_batch)
         results["robust_accuracy"]["autoattack"] = on_subset["robust_accuracy"]["autoattack"]
         results["attacks"]["autoattack"] = on_subset["attacks"]["autoattack"]
         results["autoattack"] = on_subset["autoattack"]
