@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sglr_keras.attacks import ATTACK_NAMES
-from sglr_keras.cli.main import console, sglr, user_errors
+from sglr_keras.cli.main import console, results_console, sglr, user_errors
 
 ATTACK_CHOICES = ["clean", *ATTACK_NAMES, "all"]
 
@@ -117,7 +117,7 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
         table.add_row(label, f"{detail['robust_accuracy']:.2%}", f"{detail['seconds']:.1f}")
     if "worst_case_robust_accuracy" in results:
         table.add_row("worst case", f"{results['worst_case_robust_accuracy']:.2%}", "")
-    console.print(table)
+    results_console.print(table)
     for note in results.get("autoattack", {}).get("notes", []):
         console.print(f"note: {note}", highlight=False)
     for check in results.get("diagnostics", []):

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from sglr_keras.cli.main import console, sglr, user_errors
+from sglr_keras.cli.main import console, results_console, sglr, user_errors
 
 
 @sglr.command("export")
@@ -79,4 +79,4 @@ def predict(images, saved_model, server, model_name, model_version, card, top_k,
     for path, ranking in zip(images, client.top_k(outputs["probabilities"], top_k, model_card.get("class_names"))):
         for i, (class_id, class_name, probability) in enumerate(ranking):
             table.add_row(path if i == 0 else "", f"{class_name} ({class_id})", f"{probability:.3f}")
-    console.print(table)
+    results_console.print(table)

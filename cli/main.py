@@ -15,7 +15,9 @@ from rich.console import Console
 
 from sglr_keras.errors import Interrupted, UserError
 
+# Progress and logs go to stderr; results (tables, JSON summaries) to stdout.
 console = Console(stderr=True)
+results_console = Console()
 
 
 def user_errors(command):

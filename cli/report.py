@@ -2,7 +2,7 @@
 
 import click
 
-from sglr_keras.cli.main import console, sglr, user_errors
+from sglr_keras.cli.main import console, results_console, sglr, user_errors
 
 
 @sglr.command()
@@ -15,5 +15,5 @@ def report(run_dirs, out_dir):
     from sglr_keras.report import write_report
 
     plots, table = write_report(list(run_dirs), out_dir)
-    console.print(table.read_text().split("\n\n")[2], highlight=False, soft_wrap=True)
+    results_console.print(table.read_text().split("\n\n")[2], highlight=False, soft_wrap=True)
     console.print(f"wrote {table} and {len(plots)} plots in {out_dir}")

@@ -4,7 +4,7 @@ import json
 
 import click
 
-from sglr_keras.cli.main import console, sglr, user_errors
+from sglr_keras.cli.main import console, results_console, sglr, user_errors
 
 
 @sglr.command()
@@ -54,4 +54,4 @@ def train(config_path, out_dir, overwrite, resume_from, assignments, **flags):
     console.print(f"training [bold]{config.method}[/] {config.model.arch} on {config.data.dataset} "
                   f"for {config.epochs} epochs -> {out_dir}", highlight=False)
     summary = run_training(config, out_dir, overwrite=overwrite, console=console, resume_from=resume_from)
-    console.print_json(json.dumps(summary))
+    results_console.print_json(json.dumps(summary))

@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 
 from sglr_keras.errors import UserError
+from sglr_keras.run_folder import RunFolder
 
 
 def load_classifier(path: str | Path):
@@ -29,7 +30,10 @@ def load_classifier(path: str | Path):
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as err:  # Keras raises many types for a bad archive
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        if "Lambda" in str(err):
+            raise UserError(f"checkpoint '{path}' holds a Lambda layer, whose Python code safe loading refuses to "
+                            "run; rebuild the model with ordinary Keras layers and save it again")
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"cannot load checkpoint '{path}' ({first_line}); use another checkpoint")
 
 
@@ -59,19 +63,17 @@ def run_info_for(checkpoint: str | Path) -> dict:
         card = read_card(checkpoint)
         return {"run": {"dataset": card.get("dataset")}, "config": card.get("config", {}),
                 "selection_test_indices": card.get("selection_test_indices")} if card else {}
-    folder = checkpoint.resolve().parent
+    folder = RunFolder(checkpoint.resolve().parent)
     info = {}
-    selection = folder / "selection_points.json"
-    if selection.is_file():
+    if folder.selection_points.is_file():
         try:
-            info["selection_test_indices"] = json.loads(selection.read_text())["test_indices"]
+            info["selection_test_indices"] = json.loads(folder.selection_points.read_text())["test_indices"]
         except (json.JSONDecodeError, KeyError, TypeError):
             pass
-    for name in ("run.json", "config.json"):
-        path = folder / name
+    for key, path in (("run", folder.facts), ("config", folder.config)):
         if path.is_file():
             try:
-                info[name[:-5]] = json.loads(path.read_text())
+                info[key] = json.loads(path.read_text())
             except json.JSONDecodeError:
                 pass
     return info
@@ -107,6 +109,9 @@ def record_evaluation(checkpoint: str | Path, results: dict, settings: dict) -> 
     measured = {"clean": results["clean_accuracy"], **results["robust_accuracy"]}
     for attack, accuracy in measured.items():
         entry = {"attack": attack, "accuracy": accuracy, "settings": settings}
+        if attack == "autoattack":
+            # e.g. "AutoAttack-L2 partial (APGD-CE + APGD-T)": the card says what ran.
+            entry["label"] = results.get("autoattack", {}).get("label")
         entries = [e for e in entries if (e["attack"], e["settings"]) != (attack, settings)] + [entry]
     try:
         atomic_write_text(path, json.dumps({"checkpoint_sha256": digest, "entries": entries}, indent=2))
@@ -136,6 +141,8 @@ def card_summary(entries: list[dict]) -> dict:
             summary["clean_accuracy"] = {"value": entry["accuracy"], **entry["settings"]}
         else:
             summary[attack] = {"robust_accuracy": entry["accuracy"], **entry["settings"]}
+            if entry.get("label"):
+                summary[attack]["label"] = entry["label"]
     return summary
 
 

@@ -389,8 +389,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        first_line = str(err).splitlines()[0]
-        raise UserError(f"config file '{path}' is not valid YAML ({first_line}); fix the syntax")
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"config file '{path}' is not valid YAML ({where}{problem}); fix the syntax")
     if not isinstance(raw, dict):
         raise UserError(f"config file '{path}' must hold a mapping of keys to values")
     return raw

@@ -200,3 +200,10 @@ def test_extending_a_run_with_lr_drops_in_epochs_records_the_change(tmp_path):
 def test_eval_on_best_keras_leaves_out_the_selection_points(trained):
     result = run_cli("eval", "--checkpoint", trained / "run" / "best.keras", "--n-examples", 16)
     assert result.exit_code == 0 and "leaving out the 32 test points" in result.output
+
+
+def test_a_yaml_error_names_its_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("method: pgd-at\nepochs: [3\nbatch_size: 4\n")
+    result = run_cli("train", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "line 3" in result.output and "Traceback" not in result.output
