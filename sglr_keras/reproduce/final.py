@@ -55,7 +55,9 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
     if cache.is_file():
         try:
             cached = json.loads(cache.read_text())
-            if all(cached.get("settings", {}).get(k) == settings[k] for k in CACHE_KEYS):
+            # AutoAttack's subset size only matters where AutoAttack runs.
+            keys = [k for k in CACHE_KEYS if k != "autoattack_examples" or "autoattack" in attacks]
+            if all(cached.get("settings", {}).get(k) == settings[k] for k in keys):
                 return cached
         except json.JSONDecodeError:
             pass
