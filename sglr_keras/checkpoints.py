@@ -105,7 +105,7 @@ def record_evaluation(checkpoint: str | Path, results: dict, settings: dict) -> 
         return
     path = evaluation_record_path(checkpoint)
     digest = checkpoint_digest(checkpoint)
-    entries = [e for e in _read_record(path, digest)]
+    entries = _read_record(path, digest)
     measured = {"clean": results["clean_accuracy"], **results["robust_accuracy"]}
     for attack, accuracy in measured.items():
         entry = {"attack": attack, "accuracy": accuracy, "settings": settings}
@@ -162,6 +162,7 @@ def model_card(checkpoint: str | Path) -> dict:
     """What an export says about itself: data, classes, training, measured robustness."""
     info = run_info_for(checkpoint)
     run, config = info.get("run", {}), info.get("config", {})
+    records = matching_evaluations(checkpoint)  # hashes the checkpoint: once
     return {
         "source_checkpoint": str(Path(checkpoint).resolve()),
         "dataset": run.get("dataset"),
@@ -173,7 +174,7 @@ def model_card(checkpoint: str | Path) -> dict:
         # The test points that picked the best epoch, so evaluations can leave them out.
         "selection_test_indices": info.get("selection_test_indices"),
         # Only evaluations of exactly these weights (content hash), with their settings.
-        "evaluation": card_summary(matching_evaluations(checkpoint)),
-        "evaluation_records": matching_evaluations(checkpoint),
+        "evaluation": card_summary(records),
+        "evaluation_records": records,
         "inputs": "images in [0, 1] (serving_default, float32) or [0, 255] (serving_uint8, uint8), NHWC",
     }

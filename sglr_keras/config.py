@@ -398,27 +398,35 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.width": 0.5}`` as ``{"model": {"width": 0.5}}``. A name given both
+    as a value and as a section is refused."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"config key '{key}': '{part}' is a value, not a section")
+            node = child
+        node[leaf] = value
+    return nested
+
+
 def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["model.width=0.5", "data.augment=false"]`` as a nested mapping; values
     are read as YAML (numbers, true/false, null, lists, 8/255 stays a string)."""
-    nested: dict[str, Any] = {}
+    dotted: dict[str, Any] = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {assignment!r} must look like section.key=value, e.g. model.width=0.5")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            dotted[key.strip()] = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
-            value = text
-        node = nested
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"--set {assignment!r}: '{part}' is a value, not a section")
-            node = child
-        node[leaf] = value
-    return nested
+            dotted[key.strip()] = text
+    return nest(dotted)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -431,16 +439,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """
     raw = read_yaml(path) if path is not None else {}
     raw = merge_raw(raw, parse_assignments(assignments))
-    nested: dict[str, Any] = {}
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        node = nested
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return config_from_raw(merge_raw(raw, nested))
+    flags = nest({key: value for key, value in (overrides or {}).items() if value is not None})
+    return config_from_raw(merge_raw(raw, flags))
 
 
 def config_from_raw(raw: dict[str, Any]) -> TrainConfig:

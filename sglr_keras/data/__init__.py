@@ -66,25 +66,36 @@ class DatasetBundle:
         ``skip`` leaves out the first ``skip`` examples of the same seeded order,
         so ``test_subset(n, seed, skip=m)`` is disjoint from ``test_subset(m, seed)``
         (e.g. from the points that picked the best checkpoint)."""
-        return _subset(self.x_test, self.y_test, n, seed, skip)
+        return self.test_points(seeded_indices(len(self.y_test), n, seed, skip))
 
     def train_subset(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        return _subset(self.x_train, self.y_train, n, seed)
+        return _as_points(self.x_train, self.y_train, self.train_indices(n, seed))
+
+    def train_indices(self, n: int, seed: int = 0) -> np.ndarray:
+        """Sorted indices of ``n`` seeded training examples (those of ``train_subset``)."""
+        return seeded_indices(self.num_train, n, seed)
 
     def test_indices(self, n: int, seed: int = 0, exclude=()) -> np.ndarray:
         """Sorted indices of ``n`` seeded test points, none of them in ``exclude``."""
-        order = np.random.default_rng(seed).permutation(len(self.y_test))
-        order = order[~np.isin(order, np.asarray(exclude, dtype=np.int64))]
-        return np.sort(order[:n])
+        return seeded_indices(len(self.y_test), n, seed, exclude=exclude)
 
     def test_points(self, indices) -> tuple[np.ndarray, np.ndarray]:
-        indices = np.asarray(indices, dtype=np.int64)
-        return self.x_test[indices].astype(np.float32) / 255.0, self.y_test[indices].astype(np.int32)
+        return _as_points(self.x_test, self.y_test, indices)
 
 
-def _subset(x, y, n, seed, skip=0):
-    order = np.sort(np.random.default_rng(seed).permutation(len(y))[skip:skip + n])
-    return x[order].astype(np.float32) / 255.0, y[order].astype(np.int32)
+def seeded_indices(size: int, n: int, seed: int, skip: int = 0, exclude=()) -> np.ndarray:
+    """Sorted indices of ``n`` of ``range(size)``: a seeded order with ``exclude``
+    removed, from position ``skip`` on. The same (size, seed) always gives the same order."""
+    order = np.random.default_rng(seed).permutation(size)
+    if len(exclude):
+        order = order[~np.isin(order, np.asarray(exclude, dtype=np.int64))]
+    return np.sort(order[skip:skip + n])
+
+
+def _as_points(x, y, indices) -> tuple[np.ndarray, np.ndarray]:
+    """Images as float32 in [0, 1] and int32 labels at ``indices``."""
+    indices = np.asarray(indices, dtype=np.int64)
+    return x[indices].astype(np.float32) / 255.0, y[indices].astype(np.int32)
 
 
 def validate_dataset_name(name: str) -> None:

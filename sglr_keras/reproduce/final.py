@@ -15,6 +15,7 @@ from sglr_keras.errors import UserError
 from sglr_keras.io import atomic_write_text
 from sglr_keras.reproduce.experiment import FinalEvaluation
 
+
 def final_evaluation_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".final.json")
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -51,19 +50,19 @@ class EpochEvaluation(keras.callbacks.Callback):
     """Test and train clean / PGD accuracy on fixed subsets, ECE, table entropy,
     learning rate; added to the epoch's logs so every later callback sees them.
 
-    The attack's random start is drawn from a generator reset to (seed, epoch)
-    before each evaluation, so a resumed run evaluates exactly as an
-    uninterrupted one. ``epochs_to_evaluate`` (1-based; None: all) skips the others.
+    The attack draws its random starts from its own generator (``PGD(...,
+    generator=...)``), reset to (seed, epoch) before each evaluation, so a resumed
+    run evaluates exactly as an uninterrupted one. ``epochs_to_evaluate``
+    (1-based; None: all) skips the others.
     """
 
     def __init__(self, test_data, train_data, attack: PGD, batch_size: int, seed: int = 0,
                  epochs_to_evaluate: set[int] | None = None):
         super().__init__()
+        if attack.generator is None:
+            raise ValueError("EpochEvaluation needs a PGD built with a generator, to seed it by epoch")
         self.test_data, self.train_data = test_data, train_data
-        self.batch_size, self.seed = batch_size, seed
-        self.generator = tf.random.Generator.from_seed(seed)
-        self.attack = PGD(attack.eps, attack.step_size, attack.steps, attack.random_start, attack.loss,
-                          attack.norm, attack.restarts, generator=self.generator)
+        self.attack, self.batch_size, self.seed = attack, batch_size, seed
         self.epochs_to_evaluate = epochs_to_evaluate
         self.runner = None
         self.epoch_start = 0.0
@@ -78,7 +77,7 @@ class EpochEvaluation(keras.callbacks.Callback):
             logs["seconds"] = time.perf_counter() - self.epoch_start
             return
         eval_start = time.perf_counter()
-        self.generator.reset_from_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
+        self.attack.generator.reset_from_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
         self.runner = self.runner or evaluation.ModelRunner(self.model.classifier, self.batch_size)
         for prefix, (x, y) in (("test", self.test_data), ("train", self.train_data)):
             if len(y) == 0:

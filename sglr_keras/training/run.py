@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import keras
-import numpy as np
+import tensorflow as tf
 from rich.console import Console
 
 from sglr_keras import distribute
@@ -104,8 +104,6 @@ def resolve_jit(config: TrainConfig) -> bool:
     where XLA skips oneDNN and the PGD step ran 4x slower (docs/bench)."""
     if config.jit_compile is not None:
         return config.jit_compile
-    import tensorflow as tf
-
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
@@ -169,13 +167,7 @@ def create_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
 
 def read_state(run_dir: Path) -> dict | None:
     """The last completed epoch and best-so-far of a run, or None for a fresh one."""
-    path = RunFolder(run_dir).state
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"'{path}' is corrupt; pass --overwrite to start this run again")
+    return _read_record(RunFolder(run_dir).state, "pass --overwrite to start this run again")
 
 
 def summarize(history: list[dict]) -> dict:
@@ -216,19 +208,23 @@ def selection_points(config: TrainConfig, bundle: DatasetBundle) -> dict:
     """The points of the per-epoch evaluation: the test points pick the best epoch,
     so final attacks must avoid them (``reproduce`` reads this record)."""
     evaluation = config.evaluation
-    train_order = np.sort(np.random.default_rng(config.seed).permutation(bundle.num_train)[:evaluation.n_train])
     return {"seed": config.seed, "test_indices": bundle.test_indices(evaluation.n_test, config.seed).tolist(),
-            "train_indices": train_order.tolist()}
+            "train_indices": bundle.train_indices(evaluation.n_train, config.seed).tolist()}
 
 
 def read_selection_points(run_dir: Path) -> dict | None:
-    path = RunFolder(run_dir).selection_points
+    """The record ``selection_points`` wrote for a run, or None if there is none."""
+    return _read_record(RunFolder(run_dir).selection_points, "rerun the same sglr train command to rewrite it")
+
+
+def _read_record(path: Path, fix: str) -> dict | None:
+    """A JSON record of a run folder, None when absent; a corrupt one is refused with ``fix``."""
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise UserError(f"'{path}' is corrupt; rerun the same sglr train command to rewrite it")
+        raise UserError(f"'{path}' is corrupt; {fix}")
 
 
 def start_from_checkpoint(classifier: keras.Model, path: str | Path) -> None:
@@ -325,7 +321,8 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
 
     attack = config.attack
     evaluation = config.evaluation
-    eval_attack = PGD(attack.eps, attack.step_size, evaluation.pgd_steps, random_start=True)
+    eval_attack = PGD(attack.eps, attack.step_size, evaluation.pgd_steps, random_start=True,
+                      generator=tf.random.Generator.from_seed(config.seed))
     callbacks = [
         NonFiniteGuard(),
         EpochEvaluation(bundle.test_points(points["test_indices"]),
@@ -359,7 +356,7 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
         shutil.rmtree(run_dir, ignore_errors=True)
         return summary
     write_history(run_dir, history)
-    atomic_write_text(RunFolder(run_dir).summary, json.dumps(summary, indent=2))
+    atomic_write_text(folder.summary, json.dumps(summary, indent=2))
     return summary
 
 
