@@ -41,6 +41,16 @@ def test_the_first_step_of_each_milestone_epoch_has_the_new_lr(milestones, epoch
         assert lr_at(first_step) == pytest.approx(0.1 * 0.1 ** drop)
 
 
+def test_the_history_records_the_lr_each_epoch_trained_with(tmp_path, tiny_config_file):
+    # Milestones 0.5 and 0.75 of 4 epochs: lr 0.05 for epoch 1, 0.005 for epoch 2,
+    # 0.0005 for epochs 3 and 4 (read at an epoch's end, the schedule is one ahead).
+    config = tiny_config_file(**{"epochs": 4, "optimizer.lr_milestones": [0.5, 0.75], "evaluation.every": 4})
+    result = run_cli("train", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [record["lr"] for record in history] == pytest.approx([0.05, 0.005, 0.0005, 0.0005])
+
+
 def test_redraw_noise_draws_from_all_classes_and_flip_always_changes():
     labels = np.arange(10_000) % 10
     flipped = symmetric_label_noise(labels, 0.4, 10, seed=0, mode="flip")

@@ -17,7 +17,7 @@ import pytest
 from sglr_keras.config import load_config
 from sglr_keras.errors import UserError
 from sglr_keras.io import atomic_save_model, write_atomically
-from sglr_keras.training.callbacks import NonFiniteGuard, NonFiniteLossError
+from sglr_keras.training.callbacks import InterruptAtStepEnd, NonFiniteGuard, NonFiniteLossError
 from sglr_keras.training.run import train
 from tests.conftest import run_cli
 
@@ -94,6 +94,44 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_exits_130(tmp_path):
     assert "Traceback" not in stderr
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == list(range(1, saved + 1))
+
+
+def test_ctrl_c_during_fit_is_raised_from_our_code_not_wherever_python_was():
+    # An interrupt raised inside a __del__ is printed and dropped; the handler only
+    # records it and the callback raises at the next step end. A second one is immediate.
+    before = signal.getsignal(signal.SIGINT)
+    with InterruptAtStepEnd() as interrupt:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.on_train_batch_end(0)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_run_folder_being_trained_is_refused_to_a_second_process(tmp_path, tiny_config_file):
+    # Two processes writing one folder leave checkpoints and history from both
+    # (it happened: two `sglr reproduce` started on the same --only list).
+    import fcntl
+
+    config = tiny_config_file(epochs=1)
+    run = tmp_path / "run"
+    assert run_cli("train", "--config", config, "--out", run).exit_code == 0
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    holder = os.open(run, os.O_RDONLY)  # as the other process would hold it
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        for args in ([], ["--overwrite"]):
+            result = run_cli("train", "--config", config, "--out", run, *args)
+            assert result.exit_code == 2, result.output
+            assert "is being written by another sglr process" in result.output and "Traceback" not in result.output
+            assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    finally:
+        os.close(holder)
+    assert run_cli("train", "--config", config, "--out", run).exit_code == 0  # free again once released
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):

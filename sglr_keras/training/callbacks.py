@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,46 @@ from sglr_keras.run_folder import RunFolder
 
 # Evaluation seeds are seed * stride + epoch: distinct for every (seed, epoch < stride).
 EPOCH_SEED_STRIDE = 100_003
+
+
+class InterruptAtStepEnd(keras.callbacks.Callback):
+    """Ctrl-C during ``fit`` takes effect at the next step or epoch end.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be; inside
+    an object's ``__del__`` (TensorFlow frees tensors and iterators there) the
+    exception is printed and dropped, and training would go on. So the handler
+    only records the request, and this callback raises KeyboardInterrupt from its
+    own code, after the epoch's record is written when the request came during
+    the epoch-end work (it must be the last callback). A second Ctrl-C raises at
+    once. Use as a context manager around ``fit``: it installs the handler (main
+    thread only) and always restores the previous one."""
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        return False
+
+    def _check(self, *args, **kwargs):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_epoch_end = _check
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,13 +108,17 @@ class EpochEvaluation(keras.callbacks.Callback):
         self.epochs_to_evaluate = epochs_to_evaluate
         self.runner = None
         self.epoch_start = 0.0
+        self.epoch_lr = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
+        # The rate this epoch's steps use (drops fall on epoch boundaries); read at
+        # the end, the schedule would already give the next epoch's rate.
+        self.epoch_lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
         logs["train_seconds"] = time.perf_counter() - self.epoch_start
-        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["lr"] = self.epoch_lr
         if self.epochs_to_evaluate is not None and epoch + 1 not in self.epochs_to_evaluate:
             logs["seconds"] = time.perf_counter() - self.epoch_start
             return

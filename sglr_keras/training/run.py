@@ -9,8 +9,14 @@ names.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs there are not locked
+    fcntl = None
 
 import keras
 import tensorflow as tf
@@ -27,8 +33,8 @@ from sglr_keras.io import atomic_write_text
 from sglr_keras.models import build_model
 from sglr_keras.run_folder import RunFolder
 from sglr_keras.training import objectives
-from sglr_keras.training.callbacks import (EpochEvaluation, NonFiniteGuard, NonFiniteLossError, RichProgress,
-                                           RunRecorder, read_history, write_history)
+from sglr_keras.training.callbacks import (EpochEvaluation, InterruptAtStepEnd, NonFiniteGuard, NonFiniteLossError,
+                                           RichProgress, RunRecorder, read_history, write_history)
 from sglr_keras.training.trainer import AdversarialTrainer
 
 # Extending a finished run (more epochs) is a resume, not a different experiment,
@@ -152,14 +158,15 @@ def check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> dict |
     return read_state(run_dir)
 
 
-def create_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
-    """Make the run folder and write its config; with ``overwrite``, first remove
-    the artefacts of the run that was there."""
+def create_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool, lock: RunFolderLock) -> None:
+    """Make the run folder, hold its lock, and write its config; with
+    ``overwrite``, first remove the artefacts of the run that was there."""
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(run_dir)
         if overwrite:
             for target in RunFolder(run_dir).artefacts:
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(RunFolder(run_dir).config, json.dumps(config.to_dict(), indent=2))
     except OSError as err:
         raise UserError(f"cannot write to --out '{run_dir}' ({err.strerror}); choose a writable folder")
@@ -248,21 +255,58 @@ def load_run_config(run_dir: Path) -> TrainConfig:
     return config_from_dict(json.loads(path.read_text()))
 
 
+class RunFolderLock:
+    """One training process per run folder: two writing the same checkpoints and
+    history would leave files from both. An exclusive ``flock`` on the folder
+    itself, released when the process ends, however it ends."""
+
+    def __init__(self):
+        self._fd = None
+
+    def acquire(self, path: Path) -> None:
+        if self._fd is not None or fcntl is None:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"'{path}' is being written by another sglr process; wait for it to finish "
+                            "(it resumes from the same folder), or choose another --out")
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
           console: Console | None = None, show_progress: bool = True,
           extra_callbacks: list[keras.callbacks.Callback] | None = None,
           resume_from: str | Path | None = None) -> dict:
     """Train as ``config`` says, writing the run folder ``out_dir``; resumes a run
-    left there with the same config. Returns the summary."""
-    console = console or Console(stderr=True)
+    left there with the same config. Returns the summary. Refuses a folder that
+    another process is training."""
+    lock = RunFolderLock()
+    try:
+        return _train(config, Path(out_dir), overwrite, console or Console(stderr=True), show_progress,
+                      extra_callbacks, resume_from, lock)
+    finally:
+        lock.release()
+
+
+def _train(config, out_dir, overwrite, console, show_progress, extra_callbacks, resume_from, lock) -> dict:
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     distribute.check_batch_size(config.batch_size, strategy)
     chief = distribute.is_chief(strategy)
     # Other workers write to a private folder that is removed at the end, as
     # TensorFlow's multi-worker guide recommends; only the chief's files remain.
-    run_dir = Path(out_dir) if chief else Path(out_dir) / f".worker-{distribute.task_index()}"
+    run_dir = out_dir if chief else out_dir / f".worker-{distribute.task_index()}"
+    if chief and out_dir.is_dir():
+        lock.acquire(out_dir)
     # The chief's folder decides where a resumed run starts (shared storage for workers).
-    state = check_run_dir(Path(out_dir), config, overwrite) if chief else read_state(Path(out_dir))
+    state = check_run_dir(out_dir, config, overwrite) if chief else read_state(out_dir)
     initial_epoch = state["epoch"] if state else 0
     history = read_history(run_dir)[:initial_epoch]
     if initial_epoch >= config.epochs:
@@ -306,7 +350,7 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     extended_from = list(previous_facts.get("extended_from_epochs", []))
     previous_epochs = _read_json(folder.config).get("epochs") if state else None
     if chief and not state:
-        create_run_dir(run_dir, config, overwrite)
+        create_run_dir(run_dir, config, overwrite, lock)
     elif not chief:
         run_dir.mkdir(parents=True, exist_ok=True)
     elif previous_epochs != config.epochs:
@@ -334,9 +378,11 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     if show_progress:
         callbacks.append(RichProgress(config.epochs, steps, console))
     callbacks += extra_callbacks or []
+    interrupt = InterruptAtStepEnd()
     try:
-        trainer.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                    callbacks=callbacks, shuffle=False, verbose=0)
+        with interrupt:
+            trainer.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                        callbacks=callbacks + [interrupt], shuffle=False, verbose=0)
     except NonFiniteLossError as err:
         raise UserError(f"{err}; the last good checkpoint is kept in '{run_dir}'. "
                         "Lower optimizer.lr or check the data")
