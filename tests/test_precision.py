@@ -83,3 +83,17 @@ def test_pgd_under_a_mixed_policy_stays_in_the_ball_and_agrees_with_float32(prec
         accuracies[name] = runner.attack(attack, x, y, correct).robust_accuracy
     assert accuracies["float32"] < 0.9  # the attack has work to do
     assert abs(accuracies[precision] - accuracies["float32"]) <= 0.05
+
+
+@pytest.mark.parametrize("method", ["pgd-at", "sglr"])
+def test_the_xla_train_step_compiles_once_not_once_per_step(method):
+    # Python in train_step runs only while TensorFlow traces it: counting calls
+    # counts traces. The PGD loop inside must not make XLA retrace per batch.
+    trainer, dataset = _trainer("float32", method)
+    trainer.compile(optimizer=make_optimizer(load_config(None, {"epochs": 2}), steps=4), jit_compile=True)
+    traces = []
+    step = trainer.train_step
+    trainer.train_step = lambda data: traces.append(1) or step(data)
+    history = trainer.fit(dataset, epochs=2, verbose=0).history
+    assert len(traces) == 1, f"{len(traces)} traces for 8 steps"
+    assert np.isfinite(history["loss"]).all()

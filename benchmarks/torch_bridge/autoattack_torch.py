@@ -113,6 +113,8 @@ def main():
         suite = build_suite(args.suite, model, args.eps, int(points["logits"].shape[1]), args.seed)
         result = run_suite(model, x, y, suite, args.batch_size, args.eps)
         result.update(n_examples=n, max_logit_difference=worst)
+        if "indices" in points:
+            result["test_indices"] = points["indices"][:n].tolist()
         report["models"][Path(path).stem] = result
         print(f"{Path(path).stem}: clean {100 * result['clean_accuracy']:.1f}  AA {100 * result['robust_accuracy']:.1f}"
               f"  {result['points_per_second']:.2f} points/s  (max |logit diff| {worst:.1e})", flush=True)

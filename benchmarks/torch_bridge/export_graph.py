@@ -70,13 +70,15 @@ def graph_of(model: keras.Model) -> tuple[list[dict], dict[str, np.ndarray]]:
 
 
 def write(path: str, model: keras.Model, x: np.ndarray | None = None, y: np.ndarray | None = None,
-          batch_size: int = 250) -> None:
+          batch_size: int = 250, indices: np.ndarray | None = None) -> None:
     ops, arrays = graph_of(model)
     extra = {}
     if x is not None:
         logits = np.concatenate([np.asarray(model(x[i:i + batch_size], training=False))
                                  for i in range(0, len(x), batch_size)])
         extra = {"x": np.asarray(x, np.float32), "y": np.asarray(y, np.int64), "logits": logits.astype(np.float32)}
+    if indices is not None:  # test-set indices of the points, to match them with the run's final evaluation
+        extra["indices"] = np.asarray(indices, np.int64)
     np.savez_compressed(path, __graph__=np.array(json.dumps(ops)), **arrays, **extra)
 
 
@@ -100,7 +102,7 @@ def main():
     bundles = {}
     for checkpoint in map(Path, args.checkpoints):
         model = checkpoints.load_classifier(checkpoint)
-        x = y = None
+        x = y = indices = None
         if args.final_points:
             selection = read_selection_points(checkpoint.parent)
             if selection is None:
@@ -111,7 +113,7 @@ def main():
             indices = bundles[key].test_indices(args.final_points, args.seed, exclude=selection["test_indices"])
             x, y = bundles[key].test_points(indices)
         out = out_dir / f"{checkpoint.parent.name}__{checkpoint.stem}.npz"
-        write(str(out), model, x, y)
+        write(str(out), model, x, y, indices=indices)
         print(f"wrote {out}", flush=True)
 
 

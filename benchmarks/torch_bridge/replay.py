@@ -113,7 +113,7 @@ def load(path: str) -> tuple[KerasReplay, dict[str, np.ndarray]]:
     """The replayed model (eval mode) and the stored points (``x`` as NCHW, ``y``, ``logits``), if any."""
     with np.load(path) as data:
         ops = json.loads(str(data["__graph__"]))
-        points = {key: data[key] for key in ("x", "y", "logits") if key in data}
+        points = {key: data[key] for key in ("x", "y", "logits", "indices") if key in data}
         arrays = {key: data[key] for key in data.files if "/" in key}
     model = KerasReplay(ops, arrays).eval()
     if "x" in points:

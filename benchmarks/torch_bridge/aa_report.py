@@ -1,0 +1,83 @@
+"""Markdown tables of AutoAttack results from `autoattack_torch.py` next to the
+runs' own final attacks (PGD-20, CW) on the same points: per checkpoint, then mean
+and standard deviation over the seeds of each method.
+
+    python benchmarks/torch_bridge/aa_report.py RUNS_DIR aa_*.json > aa.md
+
+A result is matched to ``RUN/CHECKPOINT.keras.final.json`` by name; the points
+must be the same (test-index digest when the result carries the indices, else the
+same clean accuracy on the same number of points), or the script stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+from sglr_keras.reproduce.report import SEED_SUFFIX, mean_and_spread
+
+
+def _digest(values: list[int]) -> str:  # as sglr_keras.reproduce.final records it
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+
+
+def rows(runs_dir: Path, results: dict[str, dict]) -> list[dict]:
+    table = []
+    for key in sorted(results):
+        run, checkpoint = key.split("__")
+        aa = results[key]
+        final = json.loads((runs_dir / run / f"{checkpoint}.keras.final.json").read_text())
+        if "test_indices" in aa:
+            same = _digest(aa["test_indices"]) == final["test_indices_digest"]
+        else:
+            same = aa["n_examples"] == final["n_examples"] and abs(aa["clean_accuracy"] - final["clean_accuracy"]) < 1e-4
+        if not same:
+            raise SystemExit(f"{key}: the AutoAttack points are not the final evaluation's points")
+        robust = final["robust_accuracy"]
+        table.append({"run": run, "checkpoint": checkpoint, "n": aa["n_examples"], "clean": final["clean_accuracy"],
+                      "pgd": robust["pgd"], "cw": robust.get("cw"), "aa": aa["robust_accuracy"]})
+    return table
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def _mean_sd(values: list[float]) -> str:
+    mean, spread = mean_and_spread([100 * v for v in values])
+    return f"{mean:.1f}" if spread is None else f"{mean:.1f} +- {spread:.1f}"
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| run | checkpoint | points | clean | PGD-20 | CW | AutoAttack | PGD-20 - AA |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        lines.append(f"| {row['run']} | {row['checkpoint']} | {row['n']} | {_pct(row['clean'])} | {_pct(row['pgd'])} | "
+                     f"{_pct(row['cw'])} | {_pct(row['aa'])} | {100 * (row['pgd'] - row['aa']):+.1f} |")
+    lines += ["", "Over seeds (mean +- sample sd, in %):", "",
+              "| method | checkpoint | n | clean | PGD-20 | AutoAttack | PGD-20 - AA |", "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in table:
+        groups.setdefault((SEED_SUFFIX.sub("", row["run"]), row["checkpoint"]), []).append(row)
+    for (method, checkpoint), members in sorted(groups.items()):
+        lines.append(f"| {method} | {checkpoint} | {len(members)} | {_mean_sd([m['clean'] for m in members])} | "
+                     f"{_mean_sd([m['pgd'] for m in members])} | {_mean_sd([m['aa'] for m in members])} | "
+                     f"{_mean_sd([m['pgd'] - m['aa'] for m in members])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs_dir", type=Path)
+    parser.add_argument("results", nargs="+", type=Path, help="JSON files written by autoattack_torch.py")
+    args = parser.parse_args()
+    results = {}
+    for path in args.results:
+        results.update(json.loads(path.read_text())["models"])
+    print(markdown(rows(args.runs_dir, results)), end="")
+
+
+if __name__ == "__main__":
+    main()

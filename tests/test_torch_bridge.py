@@ -1,0 +1,62 @@
+"""The Keras-to-PyTorch bridge of benchmarks/torch_bridge: AutoAttack numbers from
+PyTorch libraries are only comparable if the replayed network is the same function.
+The replay checks need torch (a benchmark dependency, not a test one) and are
+skipped without it; the export side always runs."""
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from sglr_keras.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "torch_bridge"))
+from export_graph import graph_of, write  # noqa: E402
+
+ARCHS = [("small_cnn", (28, 28, 1), 0.25), ("preact_resnet18", (28, 28, 1), 0.125),
+         ("resnet18", (32, 32, 3), 0.125), ("wrn28_10", (32, 32, 3), 0.05)]
+
+
+def _model_with_batchnorm_statistics(arch, shape, width):
+    # Fresh batch norms are identities; random statistics make a wrong mapping show.
+    keras.utils.set_random_seed(0)
+    model = build_model(arch, shape, 10, width=width)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.5, size).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, size).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.2, size).astype("float32"))
+    return model
+
+
+def test_every_layer_is_exported_in_order_and_unknown_layers_are_refused():
+    model = build_model("preact_resnet18", (28, 28, 1), 10, width=0.125)
+    ops, arrays = graph_of(model)
+    assert [op["name"] for op in ops] == [layer.name for layer in model.layers]
+    assert sum(array.size for array in arrays.values()) == sum(int(np.prod(w.shape)) for w in model.weights)
+    inputs = keras.Input((4,))
+    odd = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.LeakyReLU()(inputs)))
+    with pytest.raises(ValueError, match="has no PyTorch replay"):
+        graph_of(odd)
+
+
+@pytest.mark.parametrize("arch, shape, width", ARCHS)
+def test_the_replay_computes_the_keras_logits(tmp_path, arch, shape, width):
+    torch = pytest.importorskip("torch")
+    from replay import check, load
+
+    model = _model_with_batchnorm_statistics(arch, shape, width)
+    x = np.random.default_rng(1).uniform(0, 1, (16, *shape)).astype("float32")
+    write(str(tmp_path / "m.npz"), model, x, np.zeros(16, np.int64))
+    replayed, points = load(str(tmp_path / "m.npz"))
+    assert check(replayed, points) < 1e-4
+    # The stored logits are the model's own, and gradients flow to the input.
+    np.testing.assert_allclose(points["logits"], np.asarray(model(x, training=False)), atol=1e-6)
+    images = torch.from_numpy(points["x"]).requires_grad_(True)
+    replayed(images).sum().backward()
+    assert images.grad is not None and float(images.grad.abs().sum()) > 0
