@@ -9,6 +9,10 @@ class UserError(Exception):
     """
 
 
+class RunFolderBusy(UserError):
+    """Another process is training into the run folder (see ``RunFolderLock``)."""
+
+
 class Interrupted(Exception):
     """The user pressed Ctrl-C; the message says where the state is and how to
     go on. The CLI prints it and exits with status 130."""

@@ -165,3 +165,42 @@ def test_seed_statistics_give_mean_and_sample_spread_per_method():
     # best 60, 62, 64 -> 62.0 +- 2.0; gap 5, 4, 6 -> 5.0 +- 1.0
     assert "| 3 | 62.0 +- 2.0 | 57.0 +- 1.7 | 5.0 +- 1.0 |" in row
     assert any(line.startswith("| trades | 1 | 50.0 |") for line in lines)
+
+
+def test_paired_differences_match_seeds_and_mark_only_consistent_effects():
+    from sglr_keras.reproduce import paired_differences
+
+    def run(name, pgd_last, clean_last):
+        return {"run": name, "curve": {"best_minus_last": 0.0, "last_train_minus_test_robust": 0.0},
+                "checkpoints": {"last": {"pgd": pgd_last, "clean": clean_last}}}
+
+    results = [run("pgd-at", 0.40, 0.70), run("pgd-at-seed1", 0.50, 0.70), run("pgd-at-seed2", 0.45, 0.70),
+               run("sglr", 0.44, 0.71), run("sglr-seed1", 0.53, 0.69), run("sglr-seed2", 0.50, 0.70),
+               run("trades", 0.60, 0.60)]  # one seed: no pairs to report
+    lines = paired_differences(results)
+    row = next(line for line in lines if line.startswith("| sglr |"))
+    # PGD-20 last: +4, +3, +5 -> +4.0 +- 1.0, all positive and 4 > 1: beyond the spread.
+    assert "**+4.0 +- 1.0** (n=3; +4.0, +3.0, +5.0)" in row
+    # clean last: +1, -1, 0 -> mixed signs: reported, not marked.
+    assert "+0.0 +- 1.0 (n=3; +1.0, -1.0, +0.0)" in row and "**+0.0" not in row
+    assert not any(line.startswith("| trades |") for line in lines)
+
+
+def test_a_run_another_process_is_training_is_skipped_and_the_rest_go_on(tmp_path):
+    import fcntl
+    import os
+
+    experiment = {**EXPERIMENT, "base": {**EXPERIMENT["base"], "epochs": 1},
+                  "runs": {"pgd-at": {"method": "pgd-at"}, "standard": {"method": "standard"}}}
+    path = _write(tmp_path, experiment)
+    busy = tmp_path / "runs" / "pgd-at"
+    busy.mkdir(parents=True)
+    holder = os.open(busy, os.O_RDONLY)  # as a second `sglr reproduce` on the same list would hold it
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        result = run_cli("reproduce", path, "--runs-dir", tmp_path / "runs", "--no-eval")
+    finally:
+        os.close(holder)
+    assert result.exit_code == 0, result.output
+    assert "pgd-at: another process is training it; skipped here" in result.output
+    assert list(busy.iterdir()) == [] and (tmp_path / "runs" / "standard" / "summary.json").is_file()

@@ -16,7 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from sglr_keras.reproduce.report import SEED_SUFFIX, mean_and_spread
+from sglr_keras.reproduce.report import SEED_SUFFIX, mean_and_spread, paired_differences
 
 
 def _digest(values: list[int]) -> str:  # as sglr_keras.reproduce.final records it
@@ -24,8 +24,13 @@ def _digest(values: list[int]) -> str:  # as sglr_keras.reproduce.final records 
 
 
 def rows(runs_dir: Path, results: dict[str, dict]) -> list[dict]:
+    def order(key):  # seed 0 (no suffix) first, as the experiment lists its runs
+        run = key.split("__")[0]
+        match = SEED_SUFFIX.search(run)
+        return SEED_SUFFIX.sub("", run), int(match.group(0)[5:]) if match else 0, key
+
     table = []
-    for key in sorted(results):
+    for key in sorted(results, key=order):
         run, checkpoint = key.split("__")
         aa = results[key]
         final = json.loads((runs_dir / run / f"{checkpoint}.keras.final.json").read_text())
@@ -65,7 +70,25 @@ def markdown(table: list[dict]) -> str:
         lines.append(f"| {method} | {checkpoint} | {len(members)} | {_mean_sd([m['clean'] for m in members])} | "
                      f"{_mean_sd([m['pgd'] for m in members])} | {_mean_sd([m['aa'] for m in members])} | "
                      f"{_mean_sd([m['pgd'] - m['aa'] for m in members])} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _paired(table)) + "\n"
+
+
+def _paired(table: list[dict]) -> list[str]:
+    """AutoAttack of each method minus PGD-AT's on the same seed, as the experiment report pairs runs."""
+    lines = []
+    for checkpoint in sorted({row["checkpoint"] for row in table}):
+        runs = [{"run": row["run"], "curve": {"best_minus_last": None, "last_train_minus_test_robust": None},
+                 "checkpoints": {"last": {"autoattack": row["aa"], "pgd": row["pgd"], "clean": row["clean"]}}}
+                for row in table if row["checkpoint"] == checkpoint]
+        paired = paired_differences(runs)
+        if paired:
+            # Keep the columns this table has: PGD-20 last, AA last, clean last.
+            keep = [0, 3, 7, 8]
+            lines += paired[:2] + [f"({checkpoint} checkpoints)", ""]
+            for row in paired[3:]:
+                cells = row.strip("|").split("|")
+                lines.append("|" + "|".join(cells[i] for i in keep) + "|")
+    return lines
 
 
 def main():

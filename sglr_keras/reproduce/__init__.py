@@ -21,9 +21,9 @@ report plots.
 from sglr_keras.reproduce.experiment import (CHECKPOINTS, Experiment, FinalEvaluation, load_experiment,
                                              select_runs)
 from sglr_keras.reproduce.final import evaluate_checkpoint, final_attacks, final_evaluation_path
-from sglr_keras.reproduce.report import markdown, run_result, seed_statistics, write_report
+from sglr_keras.reproduce.report import markdown, paired_differences, run_result, seed_statistics, write_report
 from sglr_keras.reproduce.runner import reproduce
 
 __all__ = ["CHECKPOINTS", "Experiment", "FinalEvaluation", "load_experiment", "select_runs", "evaluate_checkpoint",
-           "final_attacks", "final_evaluation_path", "markdown", "run_result", "seed_statistics", "write_report",
-           "reproduce"]
+           "final_attacks", "final_evaluation_path", "markdown", "paired_differences", "run_result", "seed_statistics",
+           "write_report", "reproduce"]

@@ -120,6 +120,7 @@ def markdown(experiment: Experiment, results: list[dict], command: str) -> str:
         lines += ["", "Gradient-masking checks that fired:", ""]
         lines += [f"- {run} ({checkpoint}): {message}" for run, checkpoint, message in flags]
     lines += seed_statistics(results)
+    lines += paired_differences(results)
     lines += ["", "![robust accuracy](plots/robust_accuracy.png)", "![clean accuracy](plots/clean_accuracy.png)",
               "![gradient norm](plots/gradient_norm.png)", "![gap](plots/generalisation_gap.png)", ""]
     return "\n".join(lines)
@@ -178,6 +179,60 @@ def seed_statistics(results: list[dict]) -> list[str]:
                          + (f" (n={len(values)})" if len(values) != len(runs) else ""))
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
+
+
+# (label, how to read the number) for the paired differences against the baseline.
+PAIRED_COLUMNS = (
+    ("curve best - last", lambda r: r["curve"]["best_minus_last"]),
+    ("PGD-20 best", lambda r: r["checkpoints"].get("best", {}).get("pgd")),
+    ("PGD-20 last", lambda r: r["checkpoints"].get("last", {}).get("pgd")),
+    ("PGD-20 best - last", lambda r: r.get("best_minus_last", {}).get("pgd")),
+    ("CW best", lambda r: r["checkpoints"].get("best", {}).get("cw")),
+    ("CW last", lambda r: r["checkpoints"].get("last", {}).get("cw")),
+    ("AA last", lambda r: r["checkpoints"].get("last", {}).get("autoattack")),
+    ("clean last", lambda r: r["checkpoints"].get("last", {}).get("clean")),
+    ("ECE last", lambda r: r["checkpoints"].get("last", {}).get("ece")),
+    ("train - test robust", lambda r: r["curve"]["last_train_minus_test_robust"]),
+)
+
+
+def _seed_of(run: str) -> str:
+    match = SEED_SUFFIX.search(run)
+    return match.group(0) if match else ""
+
+
+def paired_differences(results: list[dict], baseline: str = "pgd-at") -> list[str]:
+    """Each method minus ``baseline`` on the same seed (the seed also draws the
+    training subset, so a pair shares its data), over the seeds both have: mean +-
+    sd with the per-seed values, in points. A difference is marked as beyond the
+    seed spread when every seed has the same sign and the mean exceeds the
+    standard deviation of the differences."""
+    groups = seed_groups(results)
+    base = {_seed_of(r["run"]): r for r in groups.get(baseline, [])}
+    lines = []
+    for name, runs in groups.items():
+        pairs = [(r, base[_seed_of(r["run"])]) for r in runs if name != baseline and _seed_of(r["run"]) in base]
+        if len(pairs) < 2:
+            continue
+        cells = []
+        for _, read in PAIRED_COLUMNS:
+            values = [100 * (read(a) - read(b)) for a, b in pairs
+                      if isinstance(read(a), (int, float)) and isinstance(read(b), (int, float))]
+            if len(values) < 2:
+                cells.append("")
+                continue
+            mean, spread = mean_and_spread(values)
+            beyond = (all(v > 0 for v in values) or all(v < 0 for v in values)) and abs(mean) > spread
+            cells.append(f"{'**' if beyond else ''}{mean:+.1f} +- {spread:.1f}{'**' if beyond else ''} "
+                         f"(n={len(values)}; {', '.join(f'{v:+.1f}' for v in values)})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return ["", f"Paired by seed, each method minus {baseline} (same seed, same training images), in points: "
+            "mean +- sd over seeds (n; per-seed values). **Bold**: beyond the seed spread (every seed the same "
+            "sign and |mean| > sd).", "",
+            f"| method - {baseline} | " + " | ".join(label for label, _ in PAIRED_COLUMNS) + " |",
+            "|---|" + "---|" * len(PAIRED_COLUMNS)] + lines
 
 
 def write_report(experiment: Experiment, runs_dir: Path, report_dir: Path, command: str) -> dict:

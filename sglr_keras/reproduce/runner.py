@@ -9,6 +9,7 @@ from sglr_keras.reproduce.experiment import Experiment, select_runs
 from sglr_keras.reproduce.final import evaluate_checkpoint
 from sglr_keras.reproduce.report import write_report
 
+
 def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: list[str] | None = None,
               evaluate: bool = True, console=None, command: str = "sglr reproduce") -> dict:
     """Train and evaluate the selected runs, then write the report for every run
@@ -17,6 +18,7 @@ def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: li
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from sglr_keras.data import load_dataset
+    from sglr_keras.errors import RunFolderBusy
     from sglr_keras.training.run import train
 
     console = console or Console(stderr=True)
@@ -24,7 +26,12 @@ def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: li
     for name in selected:
         config = experiment.run_config(name)
         console.rule(f"{experiment.name}: {name} ({config.method})")
-        train(config, runs_dir / name, console=console)
+        try:
+            train(config, runs_dir / name, console=console)
+        except RunFolderBusy:
+            # Several processes may share one --only list: leave the run to the one training it.
+            console.print(f"{name}: another process is training it; skipped here", highlight=False)
+            continue
         if not evaluate:
             continue
         # Both checkpoints share the data, read once and only if an attack has to run.

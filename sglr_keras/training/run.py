@@ -28,7 +28,7 @@ from sglr_keras.attacks.training import NoAttack, TradesKL, TrainingPGD
 from sglr_keras.config import TrainConfig, config_from_dict
 from sglr_keras.data import DatasetBundle, load_dataset
 from sglr_keras.data.pipeline import steps_per_epoch, train_dataset
-from sglr_keras.errors import Interrupted, UserError
+from sglr_keras.errors import Interrupted, RunFolderBusy, UserError
 from sglr_keras.io import atomic_write_text
 from sglr_keras.models import build_model
 from sglr_keras.run_folder import RunFolder
@@ -271,7 +271,7 @@ class RunFolderLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(f"'{path}' is being written by another sglr process; wait for it to finish "
+            raise RunFolderBusy(f"'{path}' is being written by another sglr process; wait for it to finish "
                             "(it resumes from the same folder), or choose another --out")
         self._fd = fd
 
