@@ -1,8 +1,9 @@
 """AutoAttack from torchattacks (PyTorch) on classifiers exported by `export_graph.py`:
 robust accuracy, per-point results and points per second, as JSON.
 
-torch and torchattacks are benchmark dependencies only (`pip install torch
-torchattacks`); this file never imports TensorFlow, so it runs where only PyTorch is.
+torch and torchattacks are benchmark dependencies only (`pip install -e ".[bench]"`
+or `pip install torch torchattacks`); this file never imports TensorFlow, so it
+runs where only PyTorch is.
 
 Two suites:
 - ``standard``: the Croce & Hein (2020) standard ensemble built from torchattacks'

@@ -16,7 +16,14 @@ if [ -n "$first" ]; then
         python3 $script "$dir/$first" --eps 0.1 --suite $suite --out "$OUT/alone_${name}_$suite.json" 2>&1 | grep -v "^Failed to set"
     done
 fi
-files=("$dir"/*.npz)
+# DIR/order.txt, if there, lists the files in the order to attack them (most
+# important first: file i goes to process i % PROCS, and a cut-short call keeps
+# every model finished before the cut).
+if [ -f "$dir/order.txt" ]; then
+    mapfile -t files < <(sed "s|^|$dir/|" "$dir/order.txt")
+else
+    files=("$dir"/*.npz)
+fi
 for ((p = 0; p < procs; p++)); do
     chunk=()
     for ((i = p; i < ${#files[@]}; i += procs)); do chunk+=("${files[i]}"); done
