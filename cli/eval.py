@@ -90,6 +90,10 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
                       "best.keras's accuracy on them is biased upwards", highlight=False)
         excluded = []
     x, y = bundle.test_points(bundle.test_indices(n_examples, seed, exclude=excluded))
+    if len(y) == 0:
+        raise UserError(f"all {len(bundle.y_test)} test points of {dataset} picked this run's best epoch, so none is "
+                        "left to evaluate on; retrain with a smaller evaluation.n_test, or pass "
+                        "--include-selection-points (best.keras's accuracy is then biased upwards)")
     keras.utils.set_random_seed(seed)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

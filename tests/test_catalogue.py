@@ -202,6 +202,34 @@ def test_eval_on_best_keras_leaves_out_the_selection_points(trained):
     assert result.exit_code == 0 and "leaving out the 32 test points" in result.output
 
 
+def test_a_small_test_set_still_leaves_points_for_eval(tmp_path):
+    # The README's quickstart: digits has 359 test points and the default n_test is
+    # 1000; picking the best epoch on all of them left `sglr eval` with none (a crash).
+    # Synthetic data has 256 test points.
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY.replace("n_test: 32", "n_test: 1000").replace("epochs: 2", "epochs: 1"))
+    result = run_cli("train", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "picked on 128 of the 256 test points" in result.output
+    assert len(json.loads((tmp_path / "run" / "selection_points.json").read_text())["test_indices"]) == 128
+    result = run_cli("eval", "--checkpoint", tmp_path / "run" / "best.keras", "--attack", "pgd")
+    assert result.exit_code == 0, result.output
+    assert "leaving out the 128 test points" in result.output and "128 test points" in result.output
+
+
+def test_eval_says_so_when_every_test_point_picked_the_best_epoch(trained):
+    record = trained / "run" / "selection_points.json"
+    saved = record.read_text()
+    record.write_text(json.dumps({**json.loads(saved), "test_indices": list(range(256))}))
+    try:
+        result = run_cli("eval", "--checkpoint", trained / "run" / "best.keras", "--attack", "pgd")
+    finally:
+        record.write_text(saved)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "all 256 test points of synthetic picked this run's best epoch" in result.output
+    assert "--include-selection-points" in result.output
+
+
 def test_a_yaml_error_names_its_line(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("method: pgd-at\nepochs: [3\nbatch_size: 4\n")

@@ -211,11 +211,20 @@ def run_facts(config: TrainConfig, bundle: DatasetBundle, extended_from: list[in
     return facts
 
 
+def selection_size(n_test: int, test_size: int) -> int:
+    """How many test points pick the best epoch: ``evaluation.n_test``, but at most
+    half the test set, so that ``sglr eval`` and ``reproduce`` always have points
+    the selection has not seen (on scikit-learn's digits, 359 test points, the
+    default 1000 would otherwise take every one of them)."""
+    return min(n_test, test_size // 2)
+
+
 def selection_points(config: TrainConfig, bundle: DatasetBundle) -> dict:
     """The points of the per-epoch evaluation: the test points pick the best epoch,
     so final attacks must avoid them (``reproduce`` reads this record)."""
     evaluation = config.evaluation
-    return {"seed": config.seed, "test_indices": bundle.test_indices(evaluation.n_test, config.seed).tolist(),
+    n_test = selection_size(evaluation.n_test, len(bundle.y_test))
+    return {"seed": config.seed, "test_indices": bundle.test_indices(n_test, config.seed).tolist(),
             "train_indices": bundle.train_indices(evaluation.n_train, config.seed).tolist()}
 
 
@@ -360,8 +369,13 @@ def _train(config, out_dir, overwrite, console, show_progress, extra_callbacks, 
         console.print(f"extending the run from {previous_epochs} to {config.epochs} epochs "
                       f"(lr drops stay at epochs {config.optimizer.milestone_epochs(config.epochs)})")
     atomic_write_text(folder.facts, json.dumps(run_facts(config, bundle, extended_from), indent=2))
-    points = selection_points(config, bundle)
+    # A resumed run keeps the points it started with (the record is the truth).
+    points = (read_selection_points(run_dir) if state else None) or selection_points(config, bundle)
     atomic_write_text(folder.selection_points, json.dumps(points))
+    if len(points["test_indices"]) < config.evaluation.n_test:
+        console.print(f"note: the best epoch is picked on {len(points['test_indices'])} of the "
+                      f"{len(bundle.y_test)} test points (evaluation.n_test {config.evaluation.n_test} is capped at "
+                      "half the test set, so that the rest stay unseen for sglr eval)", highlight=False)
 
     attack = config.attack
     evaluation = config.evaluation
