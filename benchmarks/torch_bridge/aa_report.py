@@ -12,15 +12,11 @@ same clean accuracy on the same number of points), or the script stops.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
-from sglr_keras.reproduce.report import SEED_SUFFIX, mean_and_spread, paired_differences
-
-
-def _digest(values: list[int]) -> str:  # as sglr_keras.reproduce.final records it
-    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+from sglr_keras.reproduce.final import points_digest
+from sglr_keras.reproduce.report import PAIRED_COLUMNS, SEED_SUFFIX, mean_and_spread, paired_differences
 
 
 def rows(runs_dir: Path, results: dict[str, dict]) -> list[dict]:
@@ -35,7 +31,7 @@ def rows(runs_dir: Path, results: dict[str, dict]) -> list[dict]:
         aa = results[key]
         final = json.loads((runs_dir / run / f"{checkpoint}.keras.final.json").read_text())
         if "test_indices" in aa:
-            same = _digest(aa["test_indices"]) == final["test_indices_digest"]
+            same = points_digest(aa["test_indices"]) == final["test_indices_digest"]
         else:
             same = aa["n_examples"] == final["n_examples"] and abs(aa["clean_accuracy"] - final["clean_accuracy"]) < 1e-4
         if not same:
@@ -75,19 +71,16 @@ def markdown(table: list[dict]) -> str:
 
 def _paired(table: list[dict]) -> list[str]:
     """AutoAttack of each method minus PGD-AT's on the same seed, as the experiment report pairs runs."""
+    # The report's columns this table has numbers for.
+    columns = [column for column in PAIRED_COLUMNS if column[0] in ("PGD-20 last", "AA last", "clean last")]
     lines = []
     for checkpoint in sorted({row["checkpoint"] for row in table}):
-        runs = [{"run": row["run"], "curve": {"best_minus_last": None, "last_train_minus_test_robust": None},
-                 "checkpoints": {"last": {"autoattack": row["aa"], "pgd": row["pgd"], "clean": row["clean"]}}}
+        runs = [{"run": row["run"], "checkpoints": {"last": {"autoattack": row["aa"], "pgd": row["pgd"],
+                                                            "clean": row["clean"]}}}
                 for row in table if row["checkpoint"] == checkpoint]
-        paired = paired_differences(runs)
+        paired = paired_differences(runs, columns=columns)
         if paired:
-            # Keep the columns this table has: PGD-20 last, AA last, clean last.
-            keep = [0, 3, 7, 8]
-            lines += paired[:2] + [f"({checkpoint} checkpoints)", ""]
-            for row in paired[3:]:
-                cells = row.strip("|").split("|")
-                lines.append("|" + "|".join(cells[i] for i in keep) + "|")
+            lines += paired[:2] + [f"({checkpoint} checkpoints)", ""] + paired[3:]
     return lines
 
 

@@ -95,6 +95,8 @@ def main():
 
     from sglr_keras import checkpoints
     from sglr_keras.data import load_dataset
+    from sglr_keras.errors import UserError
+    from sglr_keras.reproduce.final import final_test_indices
     from sglr_keras.training.run import read_selection_points
 
     out_dir = Path(args.out_dir)
@@ -104,13 +106,14 @@ def main():
         model = checkpoints.load_classifier(checkpoint)
         x = y = indices = None
         if args.final_points:
-            selection = read_selection_points(checkpoint.parent)
-            if selection is None:
-                raise SystemExit(f"{checkpoint.parent} has no selection_points.json")
             data = checkpoints.run_info_for(checkpoint)["config"]["data"]
             key = (data["dataset"], data.get("data_dir"))
             bundles[key] = bundles.get(key) or load_dataset(*key)
-            indices = bundles[key].test_indices(args.final_points, args.seed, exclude=selection["test_indices"])
+            try:  # the points sglr reproduce's final attacks use for this run
+                indices = final_test_indices(bundles[key], checkpoint.parent, read_selection_points(checkpoint.parent),
+                                             args.final_points, args.seed)
+            except UserError as err:
+                raise SystemExit(str(err))
             x, y = bundles[key].test_points(indices)
         out = out_dir / f"{checkpoint.parent.name}__{checkpoint.stem}.npz"
         write(str(out), model, x, y, indices=indices)

@@ -50,7 +50,7 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
     attacks = final_attacks(final, run or checkpoint.parent.name, checkpoint.stem)
     selection = read_selection_points(checkpoint.parent)
     settings = {**json.loads(json.dumps(asdict(final))), "attacks": attacks, "eps": config.attack.eps,
-                "selection_points": _digest(selection["test_indices"]) if selection else None,
+                "selection_points": points_digest(selection["test_indices"]) if selection else None,
                 "checkpoint_sha256": checkpoint_digest(checkpoint)}
     cache = final_evaluation_path(checkpoint)
     if cache.is_file():
@@ -63,10 +63,7 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
         except json.JSONDecodeError:
             pass
     bundle = load_bundle()
-    if selection is None:
-        raise UserError(f"'{checkpoint.parent}' has no selection_points.json, so the points that picked the best "
-                        "epoch are unknown; rerun the same sglr train command in that folder to write it")
-    indices = bundle.test_indices(final.n_examples, final.seed, exclude=selection["test_indices"])
+    indices = final_test_indices(bundle, checkpoint.parent, selection, final.n_examples, final.seed)
     x, y = bundle.test_points(indices)
     if len(y) == 0:
         raise UserError(f"the test set has no points left after the {config.evaluation.n_test} used to pick "
@@ -94,12 +91,23 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
                                         "clean_accuracy": on_subset["clean_accuracy"],
                                         "pgd": on_subset["robust_accuracy"]["pgd"]}
     results["settings"] = settings
-    results["test_indices_digest"] = _digest(indices.tolist())
+    results["test_indices_digest"] = points_digest(indices.tolist())
     atomic_write_text(cache, json.dumps(results, indent=2))
     return results
 
 
-def _digest(values: list[int]) -> str:
+def final_test_indices(bundle, run_dir: Path, selection: dict | None, n_examples: int, seed: int):
+    """The final attacks' points: ``n_examples`` seeded test points outside the
+    ones the run recorded as picking its best epoch (``selection``, its
+    ``selection_points.json``)."""
+    if selection is None:
+        raise UserError(f"'{run_dir}' has no selection_points.json, so the points that picked the best "
+                        "epoch are unknown; rerun the same sglr train command in that folder to write it")
+    return bundle.test_indices(n_examples, seed, exclude=selection["test_indices"])
+
+
+def points_digest(values: list[int]) -> str:
+    """A short fingerprint of a list of test indices, as the final-evaluation records carry it."""
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
 
 

@@ -201,12 +201,12 @@ def _seed_of(run: str) -> str:
     return match.group(0) if match else ""
 
 
-def paired_differences(results: list[dict], baseline: str = "pgd-at") -> list[str]:
+def paired_differences(results: list[dict], baseline: str = "pgd-at", columns=PAIRED_COLUMNS) -> list[str]:
     """Each method minus ``baseline`` on the same seed (the seed also draws the
     training subset, so a pair shares its data), over the seeds both have: mean +-
     sd with the per-seed values, in points. A difference is marked as beyond the
     seed spread when every seed has the same sign and the mean exceeds the
-    standard deviation of the differences."""
+    standard deviation of the differences. ``columns``: (label, reader) pairs."""
     groups = seed_groups(results)
     base = {_seed_of(r["run"]): r for r in groups.get(baseline, [])}
     lines = []
@@ -215,7 +215,7 @@ def paired_differences(results: list[dict], baseline: str = "pgd-at") -> list[st
         if len(pairs) < 2:
             continue
         cells = []
-        for _, read in PAIRED_COLUMNS:
+        for _, read in columns:
             values = [100 * (read(a) - read(b)) for a, b in pairs
                       if isinstance(read(a), (int, float)) and isinstance(read(b), (int, float))]
             if len(values) < 2:
@@ -231,8 +231,8 @@ def paired_differences(results: list[dict], baseline: str = "pgd-at") -> list[st
     return ["", f"Paired by seed, each method minus {baseline} (same seed, same training images), in points: "
             "mean +- sd over seeds (n; per-seed values). **Bold**: beyond the seed spread (every seed the same "
             "sign and |mean| > sd).", "",
-            f"| method - {baseline} | " + " | ".join(label for label, _ in PAIRED_COLUMNS) + " |",
-            "|---|" + "---|" * len(PAIRED_COLUMNS)] + lines
+            f"| method - {baseline} | " + " | ".join(label for label, _ in columns) + " |",
+            "|---|" + "---|" * len(columns)] + lines
 
 
 def write_report(experiment: Experiment, runs_dir: Path, report_dir: Path, command: str) -> dict:
