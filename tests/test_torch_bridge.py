@@ -3,6 +3,7 @@ PyTorch libraries are only comparable if the replayed network is the same functi
 The replay checks need torch (a benchmark dependency, not a test one) and are
 skipped without it; the export side always runs."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -60,3 +61,37 @@ def test_the_replay_computes_the_keras_logits(tmp_path, arch, shape, width):
     images = torch.from_numpy(points["x"]).requires_grad_(True)
     replayed(images).sum().backward()
     assert images.grad is not None and float(images.grad.abs().sum()) > 0
+
+
+def _aa_result_file(path, suite, device, models):
+    path.write_text(json.dumps({"suite": suite, "machine": {"device": device}, "eps": 0.1, "models": models}))
+    return path
+
+
+def test_aa_report_names_who_attacked_each_checkpoint_and_refuses_other_points(tmp_path):
+    from aa_report import load_results, markdown, rows
+
+    from sglr_keras.reproduce.final import points_digest
+
+    indices = [3, 1, 4]
+    for run in ("pgd-at", "sglr-paper"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "last.keras.final.json").write_text(json.dumps(
+            {"n_examples": 3, "clean_accuracy": 2 / 3, "test_indices_digest": points_digest(indices),
+             "robust_accuracy": {"pgd": 2 / 3, "cw": 2 / 3}}))
+    gpu = _aa_result_file(tmp_path / "gpu.json", "standard", "NVIDIA H200", {
+        "pgd-at__last": {"n_examples": 3, "clean_accuracy": 2 / 3, "robust_accuracy": 1 / 3, "test_indices": indices}})
+    cpu = _aa_result_file(tmp_path / "cpu.json", "ours-standard", "x86_64", {  # no indices: matched by counts
+        "sglr-paper__last": {"n_examples": 3, "clean_accuracy": 2 / 3, "robust_accuracy": 2 / 3}})
+
+    table = rows(tmp_path / "runs", load_results([gpu, cpu]))
+    assert [(row["run"], row["aa"], row["by"]) for row in table] == [
+        ("pgd-at", 1 / 3, "torchattacks (standard suite), NVIDIA H200"), ("sglr-paper", 2 / 3, "ours, CPU")]
+    assert "| +33.3 | torchattacks (standard suite), NVIDIA H200 |" in markdown(table)
+
+    with pytest.raises(SystemExit, match="more than one result file"):
+        load_results([gpu, gpu])
+    other = _aa_result_file(tmp_path / "other.json", "standard", "NVIDIA H200", {
+        "pgd-at__last": {"n_examples": 3, "clean_accuracy": 2 / 3, "robust_accuracy": 1 / 3, "test_indices": [3, 1, 5]}})
+    with pytest.raises(SystemExit, match="not the final evaluation's points"):
+        rows(tmp_path / "runs", load_results([other]))

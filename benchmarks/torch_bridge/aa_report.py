@@ -1,6 +1,7 @@
-"""Markdown tables of AutoAttack results from `autoattack_torch.py` next to the
-runs' own final attacks (PGD-20, CW) on the same points: per checkpoint, then mean
-and standard deviation over the seeds of each method.
+"""Markdown tables of AutoAttack results from `autoattack_torch.py` or
+`autoattack_ours.py` next to the runs' own final attacks (PGD-20, CW) on the same
+points: per checkpoint (with the implementation that attacked it), then mean and
+standard deviation over the seeds of each method.
 
     python benchmarks/torch_bridge/aa_report.py RUNS_DIR aa_*.json > aa.md
 
@@ -38,7 +39,8 @@ def rows(runs_dir: Path, results: dict[str, dict]) -> list[dict]:
             raise SystemExit(f"{key}: the AutoAttack points are not the final evaluation's points")
         robust = final["robust_accuracy"]
         table.append({"run": run, "checkpoint": checkpoint, "n": aa["n_examples"], "clean": final["clean_accuracy"],
-                      "pgd": robust["pgd"], "cw": robust.get("cw"), "aa": aa["robust_accuracy"]})
+                      "pgd": robust["pgd"], "cw": robust.get("cw"), "aa": aa["robust_accuracy"],
+                      "by": aa.get("attacked_by", "")})
     return table
 
 
@@ -52,11 +54,11 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| run | checkpoint | points | clean | PGD-20 | CW | AutoAttack | PGD-20 - AA |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | checkpoint | points | clean | PGD-20 | CW | AutoAttack | PGD-20 - AA | AutoAttack by |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in table:
         lines.append(f"| {row['run']} | {row['checkpoint']} | {row['n']} | {_pct(row['clean'])} | {_pct(row['pgd'])} | "
-                     f"{_pct(row['cw'])} | {_pct(row['aa'])} | {100 * (row['pgd'] - row['aa']):+.1f} |")
+                     f"{_pct(row['cw'])} | {_pct(row['aa'])} | {100 * (row['pgd'] - row['aa']):+.1f} | {row['by']} |")
     lines += ["", "Over seeds (mean +- sample sd, in %):", "",
               "| method | checkpoint | n | clean | PGD-20 | AutoAttack | PGD-20 - AA |", "|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -84,15 +86,35 @@ def _paired(table: list[dict]) -> list[str]:
     return lines
 
 
+_CPU_ARCHITECTURES = {"x86_64", "AMD64", "aarch64", "arm64", "i386"}
+
+
+def attacked_by(report: dict) -> str:
+    """Which AutoAttack implementation, on which machine, wrote a result file."""
+    code = "ours" if report["suite"].startswith("ours") else f"torchattacks ({report['suite']} suite)"
+    device = report["machine"]["device"]  # a GPU's name, or the platform's CPU architecture
+    return f"{code}, {'CPU' if device in _CPU_ARCHITECTURES else device}"
+
+
+def load_results(paths: list[Path]) -> dict[str, dict]:
+    """Every checkpoint's result from the files, tagged with who attacked it; one result per checkpoint."""
+    results = {}
+    for path in paths:
+        report = json.loads(path.read_text())
+        for key, result in report["models"].items():
+            if key in results:
+                raise SystemExit(f"{key} is in more than one result file (the second: {path})")
+            results[key] = {**result, "attacked_by": attacked_by(report)}
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs_dir", type=Path)
-    parser.add_argument("results", nargs="+", type=Path, help="JSON files written by autoattack_torch.py")
+    parser.add_argument("results", nargs="+", type=Path,
+                        help="JSON files written by autoattack_torch.py or autoattack_ours.py")
     args = parser.parse_args()
-    results = {}
-    for path in args.results:
-        results.update(json.loads(path.read_text())["models"])
-    print(markdown(rows(args.runs_dir, results)), end="")
+    print(markdown(rows(args.runs_dir, load_results(args.results))), end="")
 
 
 if __name__ == "__main__":

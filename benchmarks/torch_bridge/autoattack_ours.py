@@ -44,6 +44,7 @@ def main():
     with np.load(args.points) as data:
         n = args.n_examples or len(data["y"])
         x, y, stored = data["x"][:n], data["y"][:n].astype(np.int32), data["logits"][:n]
+        indices = data["indices"][:n].tolist() if "indices" in data else None
     model = load_classifier(args.checkpoint)
     runner = ModelRunner(model, args.batch_size)
     if np.abs(runner.logits(x) - stored).max() > 1e-4:
@@ -60,6 +61,8 @@ def main():
               "points_per_second": n / seconds, "n_examples": n, "robust": robust.astype(int).tolist(),
               "stages": [{"attack": stage.name, "seconds": stage.seconds, "robust_accuracy": stage.robust_accuracy}
                          for stage in stages]}
+    if indices is not None:  # lets aa_report.py match the points to the run's final evaluation exactly
+        result["test_indices"] = indices
     report = {"machine": {"device": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                           "tensorflow": tf.__version__},
               "suite": "ours-standard", "eps": args.eps, "models": {Path(args.points).stem: result}}
