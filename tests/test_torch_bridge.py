@@ -74,24 +74,44 @@ def test_aa_report_names_who_attacked_each_checkpoint_and_refuses_other_points(t
     from sglr_keras.reproduce.final import points_digest
 
     indices = [3, 1, 4]
-    for run in ("pgd-at", "sglr-paper"):
-        (tmp_path / "runs" / run).mkdir(parents=True)
-        (tmp_path / "runs" / run / "last.keras.final.json").write_text(json.dumps(
-            {"n_examples": 3, "clean_accuracy": 2 / 3, "test_indices_digest": points_digest(indices),
-             "robust_accuracy": {"pgd": 2 / 3, "cw": 2 / 3}}))
-    gpu = _aa_result_file(tmp_path / "gpu.json", "standard", "NVIDIA H200", {
-        "pgd-at__last": {"n_examples": 3, "clean_accuracy": 2 / 3, "robust_accuracy": 1 / 3, "test_indices": indices}})
-    cpu = _aa_result_file(tmp_path / "cpu.json", "ours-standard", "x86_64", {  # no indices: matched by counts
-        "sglr-paper__last": {"n_examples": 3, "clean_accuracy": 2 / 3, "robust_accuracy": 2 / 3}})
+    runs = tmp_path / "runs"
 
-    table = rows(tmp_path / "runs", load_results([gpu, cpu]))
-    assert [(row["run"], row["aa"], row["by"]) for row in table] == [
-        ("pgd-at", 1 / 3, "torchattacks (standard suite), NVIDIA H200"), ("sglr-paper", 2 / 3, "ours, CPU")]
-    assert "| +33.3 | torchattacks (standard suite), NVIDIA H200 |" in markdown(table)
+    def final(run, checkpoint, pgd):  # the run's own final attacks on the 3 points
+        (runs / run).mkdir(parents=True, exist_ok=True)
+        (runs / run / f"{checkpoint}.keras.final.json").write_text(json.dumps(
+            {"n_examples": 3, "clean_accuracy": 1.0, "test_indices_digest": points_digest(indices),
+             "robust_accuracy": {"pgd": pgd, "cw": pgd}}))
+
+    def aa(robust, with_indices=True):
+        return {"n_examples": 3, "clean_accuracy": 1.0, "robust_accuracy": robust,
+                **({"test_indices": indices} if with_indices else {})}
+
+    for run in ("pgd-at", "pgd-at-seed1", "sglr-paper", "sglr-paper-seed1"):
+        final(run, "last", 2 / 3)
+        final(run, "best", 1.0)
+    gpu = _aa_result_file(tmp_path / "gpu.json", "standard", "NVIDIA H200", {
+        "pgd-at__last": aa(1 / 3), "pgd-at-seed1__last": aa(1 / 3)})
+    cpu = _aa_result_file(tmp_path / "cpu.json", "ours-standard", "x86_64", {  # no indices: matched by counts
+        "sglr-paper__last": aa(2 / 3, with_indices=False), "sglr-paper-seed1__last": aa(2 / 3, with_indices=False),
+        "pgd-at__best": aa(2 / 3), "pgd-at-seed1__best": aa(2 / 3),
+        "sglr-paper__best": aa(2 / 3), "sglr-paper-seed1__best": aa(1.0)})
+
+    table = rows(runs, load_results([gpu, cpu]))
+    assert [(row["run"], row["checkpoint"], row["aa"], row["by"]) for row in table][:3] == [
+        ("pgd-at", "best", 2 / 3, "ours, CPU"), ("pgd-at", "last", 1 / 3, "torchattacks (standard suite), NVIDIA H200"),
+        ("pgd-at-seed1", "best", 2 / 3, "ours, CPU")]
+    report = markdown(table)
+    assert "| pgd-at | last | 3 | 100.0 | 66.7 | 66.7 | 33.3 | +33.3 | torchattacks (standard suite), NVIDIA H200 |" in report
+    # best - last: pgd-at AutoAttack 66.7 - 33.3 in both seeds, PGD-20 100 - 66.7
+    assert "| pgd-at | 2 | 66.7 +- 0.0 | 33.3 +- 0.0 | 33.3 +- 0.0 | 33.3 +- 0.0 |" in report
+    # paired by seed, with the best checkpoints' columns named as such
+    assert "(best checkpoints)\n\n| method - pgd-at | PGD-20 best | AA best | clean best |" in report
+    assert "| sglr-paper | +0.0 +- 0.0 (n=2; +0.0, +0.0) | +16.7 +- 23.6 (n=2; +0.0, +33.3) |" in report
+    assert "**+33.3 +- 0.0** (n=2; +33.3, +33.3)" in report.split("(last checkpoints)")[1]  # AA last
 
     with pytest.raises(SystemExit, match="more than one result file"):
         load_results([gpu, gpu])
     other = _aa_result_file(tmp_path / "other.json", "standard", "NVIDIA H200", {
-        "pgd-at__last": {"n_examples": 3, "clean_accuracy": 2 / 3, "robust_accuracy": 1 / 3, "test_indices": [3, 1, 5]}})
+        "pgd-at__last": {**aa(1 / 3), "test_indices": [3, 1, 5]}})
     with pytest.raises(SystemExit, match="not the final evaluation's points"):
-        rows(tmp_path / "runs", load_results([other]))
+        rows(runs, load_results([other]))

@@ -68,7 +68,29 @@ def markdown(table: list[dict]) -> str:
         lines.append(f"| {method} | {checkpoint} | {len(members)} | {_mean_sd([m['clean'] for m in members])} | "
                      f"{_mean_sd([m['pgd'] for m in members])} | {_mean_sd([m['aa'] for m in members])} | "
                      f"{_mean_sd([m['pgd'] - m['aa'] for m in members])} |")
-    return "\n".join(lines + _paired(table)) + "\n"
+    return "\n".join(lines + _best_minus_last(table) + _paired(table)) + "\n"
+
+
+def _best_minus_last(table: list[dict]) -> list[str]:
+    """The robust gap between a run's best and last checkpoints under AutoAttack, for
+    the runs attacked at both, over seeds."""
+    by_run: dict[str, dict[str, dict]] = {}
+    for row in table:
+        by_run.setdefault(row["run"], {})[row["checkpoint"]] = row
+    groups: dict[str, list[tuple[dict, dict]]] = {}
+    for run, checkpoints in by_run.items():
+        if "best" in checkpoints and "last" in checkpoints:
+            groups.setdefault(SEED_SUFFIX.sub("", run), []).append((checkpoints["best"], checkpoints["last"]))
+    if not groups:
+        return []
+    lines = ["", "Best minus last checkpoint, for the runs attacked at both (mean +- sample sd over seeds, in %):", "",
+             "| method | n | AA best | AA last | AA best - last | PGD-20 best - last |", "|---|---|---|---|---|---|"]
+    for method, pairs in sorted(groups.items()):
+        lines.append(f"| {method} | {len(pairs)} | {_mean_sd([best['aa'] for best, _ in pairs])} | "
+                     f"{_mean_sd([last['aa'] for _, last in pairs])} | "
+                     f"{_mean_sd([best['aa'] - last['aa'] for best, last in pairs])} | "
+                     f"{_mean_sd([best['pgd'] - last['pgd'] for best, last in pairs])} |")
+    return lines
 
 
 def _paired(table: list[dict]) -> list[str]:
@@ -82,7 +104,8 @@ def _paired(table: list[dict]) -> list[str]:
                 for row in table if row["checkpoint"] == checkpoint]
         paired = paired_differences(runs, columns=columns)
         if paired:
-            lines += paired[:2] + [f"({checkpoint} checkpoints)", ""] + paired[3:]
+            header = paired[3].replace(" last |", f" {checkpoint} |")  # the columns are this checkpoint's
+            lines += paired[:2] + [f"({checkpoint} checkpoints)", "", header] + paired[4:]
     return lines
 
 
