@@ -99,13 +99,15 @@ def _paired(table: list[dict]) -> list[str]:
     columns = [column for column in PAIRED_COLUMNS if column[0] in ("PGD-20 last", "AA last", "clean last")]
     lines = []
     for checkpoint in sorted({row["checkpoint"] for row in table}):
+        # The report's readers read a run's "last" entry; each checkpoint's numbers go
+        # there in turn, and its columns carry its own name.
         runs = [{"run": row["run"], "checkpoints": {"last": {"autoattack": row["aa"], "pgd": row["pgd"],
                                                             "clean": row["clean"]}}}
                 for row in table if row["checkpoint"] == checkpoint]
-        paired = paired_differences(runs, columns=columns)
+        named = [(label.replace(" last", f" {checkpoint}"), read) for label, read in columns]
+        paired = paired_differences(runs, columns=named)
         if paired:
-            header = paired[3].replace(" last |", f" {checkpoint} |")  # the columns are this checkpoint's
-            lines += paired[:2] + [f"({checkpoint} checkpoints)", "", header] + paired[4:]
+            lines += paired[:2] + [f"({checkpoint} checkpoints)", ""] + paired[3:]
     return lines
 
 
