@@ -170,6 +170,9 @@ def model_card(checkpoint: str | Path) -> dict:
         "class_names": run.get("class_names"),
         "method": run.get("method"),
         "arch": run.get("arch"),
+        # How the network was initialised and padded ("torch" or "keras"; docs/method.md).
+        "init": config.get("model", {}).get("init"),
+        "padding": config.get("model", {}).get("padding"),
         "config": config,
         # The test points that picked the best epoch, so evaluations can leave them out.
         "selection_test_indices": info.get("selection_test_indices"),

@@ -36,6 +36,10 @@ TABLE_DTYPES = ("float32", "float16")
 # Keras mixed-precision policies; logits, losses and the soft-label table stay float32.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LABEL_NOISE_MODES = ("flip", "redraw")
+# How a built-in network is initialised and padded: as PyTorch does, or as Keras does.
+MODEL_BUILDS = ("torch", "keras")
+# What a run folder's config.json written before a key existed was trained with.
+LEGACY_DEFAULTS = {"model": {"init": "keras", "padding": "keras"}}
 
 # Named SGLR settings. "reference-code" is what the authors' public PyTorch code
 # runs (see docs/method.md): r = 1, so the loss uses the EMA row directly.
@@ -101,15 +105,24 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """``init`` and ``padding``: ``torch`` builds the network as its PyTorch twin
+    (PyTorch's default weight initialisation, symmetric padding for strided
+    convolutions), ``keras`` with Keras's defaults (he_normal / glorot, "same"
+    padding); see docs/method.md, "Initialisation"."""
+
     arch: str = "small_cnn"
     width: float = 1.0
     sync_batchnorm: bool = False
+    init: str = "torch"
+    padding: str = "torch"
 
     def validate(self) -> None:
         from sglr_keras.models import validate_arch_name
 
         validate_arch_name(self.arch)
         _check_range("model.width", self.width, 0.0, 16.0, lo_open=True)
+        _check_choice("model.init", self.init, MODEL_BUILDS)
+        _check_choice("model.padding", self.padding, MODEL_BUILDS)
 
 
 @dataclass(frozen=True)
@@ -451,7 +464,11 @@ def config_from_raw(raw: dict[str, Any]) -> TrainConfig:
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
-    """Rebuild a config saved by :meth:`TrainConfig.to_dict` (e.g. in a run folder)."""
+    """Rebuild a config saved by :meth:`TrainConfig.to_dict` (e.g. in a run folder).
+    A key the file predates takes the value the run was trained with
+    (``LEGACY_DEFAULTS``), not today's default."""
+    if isinstance(raw, dict):
+        raw = merge_raw(LEGACY_DEFAULTS, raw)
     config = _build(TrainConfig, raw)
     config.validate()
     return config

@@ -16,14 +16,16 @@ from sglr_keras.models import build_model
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "torch_bridge"))
 from export_graph import graph_of, write  # noqa: E402
 
-ARCHS = [("small_cnn", (28, 28, 1), 0.25), ("preact_resnet18", (28, 28, 1), 0.125),
-         ("resnet18", (32, 32, 3), 0.125), ("wrn28_10", (32, 32, 3), 0.05)]
+# Both paddings: "torch" replays ZeroPadding2D layers, "keras" the asymmetric 'same'.
+ARCHS = [("small_cnn", (28, 28, 1), 0.25, "torch"), ("preact_resnet18", (28, 28, 1), 0.125, "torch"),
+         ("resnet18", (32, 32, 3), 0.125, "torch"), ("wrn28_10", (32, 32, 3), 0.05, "torch"),
+         ("resnet18", (32, 32, 3), 0.125, "keras"), ("preact_resnet18", (32, 32, 3), 0.125, "keras")]
 
 
-def _model_with_batchnorm_statistics(arch, shape, width):
+def _model_with_batchnorm_statistics(arch, shape, width, padding="torch"):
     # Fresh batch norms are identities; random statistics make a wrong mapping show.
     keras.utils.set_random_seed(0)
-    model = build_model(arch, shape, 10, width=width)
+    model = build_model(arch, shape, 10, width=width, padding=padding)
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -46,12 +48,12 @@ def test_every_layer_is_exported_in_order_and_unknown_layers_are_refused():
         graph_of(odd)
 
 
-@pytest.mark.parametrize("arch, shape, width", ARCHS)
-def test_the_replay_computes_the_keras_logits(tmp_path, arch, shape, width):
+@pytest.mark.parametrize("arch, shape, width, padding", ARCHS)
+def test_the_replay_computes_the_keras_logits(tmp_path, arch, shape, width, padding):
     torch = pytest.importorskip("torch")
     from replay import check, load
 
-    model = _model_with_batchnorm_statistics(arch, shape, width)
+    model = _model_with_batchnorm_statistics(arch, shape, width, padding)
     x = np.random.default_rng(1).uniform(0, 1, (16, *shape)).astype("float32")
     write(str(tmp_path / "m.npz"), model, x, np.zeros(16, np.int64))
     replayed, points = load(str(tmp_path / "m.npz"))

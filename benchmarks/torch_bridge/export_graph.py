@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 _SUPPORTED = {
     "InputLayer": (),
     "Conv2D": ("strides", "padding", "use_bias", "activation"),
+    "ZeroPadding2D": ("padding",),
     "BatchNormalization": ("epsilon", "center", "scale"),
     "ReLU": (),
     "Activation": ("activation",),

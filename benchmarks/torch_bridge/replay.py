@@ -4,7 +4,9 @@ model up to float round-off (checked against the stored logits by `check`).
 
 Needs only numpy and torch. TensorFlow's 'same' padding is asymmetric for even
 inputs and stride 2 (the extra row and column go after), which a symmetric PyTorch
-``padding=1`` would not match, so every convolution pads explicitly.
+``padding=1`` would not match, so every 'same' convolution pads explicitly; a
+network built with ``model.padding: torch`` has ZeroPadding2D layers instead,
+replayed as they are.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class KerasReplay(torch.nn.Module):
                 if config["padding"] == "same":
                     inp = _pad_same(inp, tuple(kernel.shape[2:]), stride)
                 out = _activate(F.conv2d(inp, kernel, self._w(name, "bias"), stride=stride), config["activation"])
+            elif kind == "ZeroPadding2D":  # model.padding: torch pads strided convs explicitly
+                (top, bottom), (left, right) = config["padding"]
+                out = F.pad(args[0], (left, right, top, bottom))
             elif kind == "BatchNormalization":
                 out = F.batch_norm(args[0], self._w(name, "moving_mean"), self._w(name, "moving_variance"),
                                    self._w(name, "gamma"), self._w(name, "beta"), training=False,

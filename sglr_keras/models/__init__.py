@@ -5,42 +5,94 @@ small CNN for small images, built with the Keras functional API so that a saved
 ``.keras`` file is an ordinary Keras model any tool can load. Batch norm uses
 PyTorch's running-average momentum (0.1, i.e. Keras momentum 0.9) and epsilon
 (1e-5), as the reference code does.
+
+Two build options decide how close a network is to its PyTorch twin (the
+literature's numbers, the SGLR authors' included, come from PyTorch code):
+
+- ``init="torch"`` (default) draws conv and dense weights, and dense biases, from
+  PyTorch's default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``; ``"keras"`` uses
+  ``he_normal`` convs and a ``glorot_uniform`` dense layer (about 6x and 5x the
+  variance). The variance matters: with ``"keras"`` a network memorises noisy
+  labels about twice as fast, and SGLR's table then follows the memorised labels
+  (docs/method.md, "Initialisation").
+- ``padding="torch"`` (default) pads a strided k x k convolution by k // 2 on every
+  side, as PyTorch's ``padding=1`` does; ``"keras"`` uses ``padding="same"``, which
+  for even inputs pads 0 before and 1 after, so every downsampling samples a grid
+  shifted by one pixel against its 1x1 shortcut.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import keras
 from keras import layers
 
+from sglr_keras.config import MODEL_BUILDS
 from sglr_keras.errors import UserError
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-# Set by build_model for the duration of one build (see its sync_batchnorm).
-_SYNC_BATCHNORM = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _BuildOptions:
+    sync_batchnorm: bool = False
+    init: str = "torch"
+    padding: str = "torch"
+
+
+# Set by build_model for the duration of one build.
+_OPTIONS = _BuildOptions()
 
 
 def _channels(base: int, width: float) -> int:
     return max(1, int(round(base * width)))
 
 
-def _conv(filters, kernel, stride=1, name=None):
-    return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                         kernel_initializer="he_normal", name=name)
+def _torch_uniform(fan_in: int):
+    # PyTorch's Conv2d/Linear reset_parameters: kaiming_uniform_(a=sqrt(5)) for the
+    # weight and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias, i.e. both uniform
+    # with bound 1/sqrt(fan_in). (The kernel's fan_in Keras computes itself.)
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def _conv(filters, kernel, stride=1):
+    """A bias-free conv as a function of its input: symmetric zero padding for a
+    strided conv under ``padding="torch"``, Keras "same" padding otherwise."""
+    def apply(x):
+        padding = "same"
+        if _OPTIONS.padding == "torch" and stride > 1 and kernel > 1:
+            x = layers.ZeroPadding2D(kernel // 2)(x)
+            padding = "valid"
+        fan_in = kernel * kernel * x.shape[-1]
+        initializer = _torch_uniform(fan_in) if _OPTIONS.init == "torch" else "he_normal"
+        return layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
+                             kernel_initializer=initializer)(x)
+    return apply
+
+
+def _dense(units, x, **kwargs):
+    fan_in = x.shape[-1]
+    if _OPTIONS.init == "torch":
+        kwargs.update(kernel_initializer=_torch_uniform(fan_in), bias_initializer=_torch_uniform(fan_in))
+    return layers.Dense(units, **kwargs)(x)
 
 
 def _bn(name=None):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=_SYNC_BATCHNORM,
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=_OPTIONS.sync_batchnorm,
                                      name=name)
 
 
-def _logits(num_classes):
+def _logits(x, num_classes):
     # float32 logits under a mixed policy: every loss and the SGLR table read them.
-    return layers.Dense(num_classes, name="logits", dtype="float32")
+    return _dense(num_classes, x, name="logits", dtype="float32")
 
 
 def _head(x, num_classes):
-    return _logits(num_classes)(layers.GlobalAveragePooling2D()(x))
+    return _logits(layers.GlobalAveragePooling2D()(x), num_classes)
 
 
 # --- ResNet (He et al. 2016), CIFAR variant ------------------------------------
@@ -124,8 +176,8 @@ def _small_cnn(input_shape, num_classes, width):
         x = layers.MaxPooling2D(2)(x)
     x = layers.Flatten()(x)
     for _ in range(2):
-        x = layers.Dense(_channels(200, width), activation="relu")(x)
-    return keras.Model(inputs, _logits(num_classes)(x), name="small_cnn")
+        x = _dense(_channels(200, width), x, activation="relu")
+    return keras.Model(inputs, _logits(x, num_classes), name="small_cnn")
 
 
 ARCHITECTURES = {
@@ -148,8 +200,14 @@ def validate_arch_name(name: str) -> None:
         raise UserError(f"unknown arch '{name}'; choose one of {', '.join(ARCHITECTURES)}")
 
 
+def validate_build_option(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"unknown {key} '{value}'; choose one of {', '.join(allowed)}")
+
+
 def build_model(arch: str, input_shape, num_classes: int, width: float = 1.0,
-                sync_batchnorm: bool = False, precision: str = "float32") -> keras.Model:
+                sync_batchnorm: bool = False, precision: str = "float32",
+                init: str = "torch", padding: str = "torch") -> keras.Model:
     """Build ``arch`` for images of ``input_shape`` (H, W, C) in [0, 1].
 
     ``sync_batchnorm`` makes batch norm use the statistics of the global batch
@@ -157,14 +215,22 @@ def build_model(arch: str, input_shape, num_classes: int, width: float = 1.0,
     of one all-reduce per layer. ``precision`` is a Keras dtype policy
     (``mixed_float16``, ``mixed_bfloat16``) for every layer but the float32
     logits; the input stays float32, so attacks differentiate w.r.t. float32 pixels.
+    ``init`` and ``padding`` (``"torch"`` or ``"keras"``) are explained in the
+    module docstring.
+
+    >>> model = build_model("preact_resnet18", (32, 32, 3), 10, width=0.25)
+    >>> model.output_shape
+    (None, 10)
     """
-    global _SYNC_BATCHNORM
+    global _OPTIONS
     validate_arch_name(arch)
-    _SYNC_BATCHNORM = sync_batchnorm
+    validate_build_option("model.init", init, MODEL_BUILDS)
+    validate_build_option("model.padding", padding, MODEL_BUILDS)
+    _OPTIONS = _BuildOptions(sync_batchnorm, init, padding)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
         return ARCHITECTURES[canonical_arch_name(arch)](tuple(input_shape), int(num_classes), width)
     finally:
-        _SYNC_BATCHNORM = False
+        _OPTIONS = _BuildOptions()
         keras.config.set_dtype_policy(previous_policy)

@@ -202,7 +202,8 @@ def summarize(history: list[dict]) -> dict:
 def run_facts(config: TrainConfig, bundle: DatasetBundle, extended_from: list[int] | None = None) -> dict:
     facts = {"dataset": bundle.name, "class_names": bundle.class_names, "num_classes": bundle.num_classes,
              "input_shape": list(bundle.input_shape), "num_train": bundle.num_train,
-             "arch": config.model.arch, "method": config.method,
+             "arch": config.model.arch, "init": config.model.init, "padding": config.model.padding,
+             "method": config.method,
              "label_noise": {"rate": config.data.label_noise, "mode": config.data.label_noise_mode,
                              "wrong_label_fraction": bundle.wrong_label_fraction},
              "lr_drop_epochs": config.optimizer.milestone_epochs(config.epochs)}
@@ -332,7 +333,8 @@ def _train(config, out_dir, overwrite, console, show_progress, extra_callbacks, 
 
     with strategy.scope():
         classifier = build_model(config.model.arch, bundle.input_shape, bundle.num_classes, config.model.width,
-                                 config.model.sync_batchnorm, config.precision)
+                                 config.model.sync_batchnorm, config.precision, config.model.init,
+                                 config.model.padding)
         trainer = build_trainer(classifier, config, bundle.y_train, bundle.num_classes)
         jit = resolve_jit(config)
         trainer.compile(optimizer=make_optimizer(config, steps), jit_compile=jit)
