@@ -52,7 +52,15 @@ def _fixed_input_shape(model: keras.Model, input_shape=None) -> tuple[int, int, 
 
 def export_saved_model(model: keras.Model, out_dir: str | Path, name: str, version: int | None = None,
                        card: dict | None = None, input_shape=None) -> Path:
-    """Write ``out_dir/name/version``; refuses an existing version. Returns its path."""
+    """Write ``model`` as a SavedModel in ``out_dir/name/version`` (TF Serving's
+    layout: the next free version if None), with ``card`` as its model card;
+    refuses an existing version. Returns its path. Signatures: float32 images
+    in [0, 1] (``serving_default``) and uint8 in [0, 255] (``serving_uint8``).
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> path = export_saved_model(model, "/tmp/sglr-doctest-models", "digits")  # doctest: +SKIP
+    """
     shape = _fixed_input_shape(model, input_shape)
     model_dir = Path(out_dir) / name
     version = version if version is not None else next_version(model_dir) if model_dir.is_dir() else 1

@@ -131,14 +131,70 @@ class EvaluationSpec:
             raise ValueError("batch_size and steps must be at least 1")
 
 
-def evaluate(model, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: float, norm: str = "Linf",
-             steps: int | None = None, step_size: float | None = None, batch_size: int = 256,
-             version: str = "standard", seed: int = 0, diagnose: bool = False,
-             on_attack_start: Callable[[str, int], None] | None = None,
-             on_batch: Callable[[int], None] | None = None) -> dict:
-    """:func:`run_evaluation` with the spec's fields as keywords."""
-    spec = EvaluationSpec(tuple(attacks), eps, norm, steps, step_size, batch_size, version, seed, diagnose)
-    return run_evaluation(model, x, y, spec, on_attack_start, on_batch)
+def attack_settings(attack) -> dict:
+    """The budget an attack object ran with: norm, eps and whichever of steps,
+    step size, restarts, queries it has."""
+    settings = {"norm": getattr(attack, "norm", "Linf"), "eps": float(attack.eps)}
+    for key, label in (("steps", "steps"), ("n_iter", "steps"), ("n_queries", "queries"),
+                       ("step_size", "step_size"), ("restarts", "restarts"), ("n_restarts", "restarts")):
+        value = getattr(attack, key, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            settings[label] = value
+    return settings
+
+
+def evaluate(model, x, y, attacks=("pgd",), eps: float = 8 / 255, norm: str = "Linf", steps: int | None = None,
+             step_size: float | None = None, batch_size: int = 256, version: str = "standard", seed: int = 0,
+             diagnose: bool = False, on_attack_start: Callable[[str, int], None] | None = None,
+             on_batch: Callable[[int], None] | None = None):
+    """Clean and robust accuracy of any Keras classifier (images in [0, 1] to
+    logits) as an :class:`~sglr_keras.EvaluationReport`.
+
+    ``attacks`` are registry names (``"pgd"``, ``"cw"``, ``"autoattack"``, ...; built
+    with ``eps``, ``norm``, ``steps``, ``step_size`` and the field's default budgets)
+    or attack objects (``PGD(eps=...)``, used as they are). Each attacks the
+    correctly classified points; ``autoattack`` runs its stages in sequence.
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> x, y = np.random.rand(8, 4, 4, 1).astype("float32"), np.arange(8) % 3
+    >>> report = evaluate(model, x, y, attacks=["pgd"], eps=0.05)
+    >>> report.robust_accuracy("pgd") <= report.clean_accuracy
+    True
+    """
+    from sglr_keras.evaluation_report import EvaluationReport
+
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y).astype(np.int64)
+    if x.ndim != 4 or len(x) != len(y):
+        raise ValueError(f"evaluate: x must be images (N, H, W, C) with one label each; got x {x.shape}, "
+                         f"{len(y)} labels")
+    if isinstance(attacks, str):
+        attacks = [attacks]
+    names = [a for a in attacks if isinstance(a, str)]
+    objects = [a for a in attacks if not isinstance(a, str)]
+    spec = EvaluationSpec(tuple(names), eps, norm, steps, step_size, batch_size, version, seed, diagnose)
+    results = run_evaluation(model, x, y, spec, on_attack_start, on_batch)
+    settings = {name: attack_settings(build_attack(name, eps, norm, steps, step_size, seed, version))
+                for name in names}
+    if objects:
+        runner = ModelRunner(model, batch_size)
+        correct = runner.correct(x, y)
+        worst = correct.copy()
+        for attack in objects:
+            if on_attack_start:
+                on_attack_start(attack.name, int(correct.sum()))
+            outcome = runner.attack(attack, x, y, correct, on_batch)
+            name = attack.name if attack.name not in results["attacks"] else f"{attack.name}#{len(results['attacks'])}"
+            results["robust_accuracy"][name] = outcome.robust_accuracy
+            results["attacks"][name] = outcome.to_json()
+            settings[name] = attack_settings(attack)
+            worst &= outcome.robust_mask
+        # The per-point worst case needs every attack's points: only without named ones.
+        results.pop("worst_case_robust_accuracy", None)
+        if not names and len(objects) > 1:
+            results["worst_case_robust_accuracy"] = float(worst.mean())
+    return EvaluationReport.from_results(results, settings)
 
 
 def run_evaluation(model, x: np.ndarray, y: np.ndarray, spec: EvaluationSpec,

@@ -123,8 +123,8 @@ def test_square_lowers_accuracy_without_gradients():
 
 def test_diagnostics_flag_a_masked_model():
     model, x, y = _masked_cnn()
-    results = evaluate(model, x, y, ["pgd", "autoattack"], eps=0.1, diagnose=True)
-    flagged = {c["check"] for c in results["diagnostics"] if c["flagged"]}
+    report = evaluate(model, x, y, ["pgd", "autoattack"], eps=0.1, diagnose=True)
+    flagged = set(report.flagged)
     assert {"pgd_vs_autoattack_spread", "black_box_finds_more", "accuracy_at_large_eps"} <= flagged
 
 

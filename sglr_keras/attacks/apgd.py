@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from sglr_keras.attacks.losses import check_attack_settings, cross_entropy, dlr, targeted_dlr
 from sglr_keras.attacks.pgd import project
+from sglr_keras.attacks.base import CallableAttack
 
 MOMENTUM = 0.75
 RHO = 0.75
@@ -43,7 +44,19 @@ def _lp_normalise(v, norm):
     return v / (tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=True)) + 1e-12)
 
 
-class APGD:
+class APGD(CallableAttack):
+    """Auto-PGD (Croce & Hein 2020): step-size free PGD with momentum, on the
+    cross-entropy (``loss="ce"``), the DLR loss (``"dlr"``) or, ``targeted=True``,
+    the targeted DLR loss over ``n_target_classes`` classes; L-inf or L2.
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> x, y = np.random.rand(4, 8, 8, 1).astype("float32"), np.array([0, 1, 2, 0])
+    >>> x_adv = APGD(eps=0.1, loss="ce", n_iter=10)(model, x, y)
+    >>> x_adv.shape
+    TensorShape([4, 8, 8, 1])
+    """
+
     # Compiles its own model calls; the bookkeeping between them is Python.
     runs_eagerly = True
 

@@ -29,6 +29,7 @@ from sglr_keras.attacks.apgd import APGD
 from sglr_keras.attacks.fab import FAB
 from sglr_keras.attacks.losses import check_attack_settings
 from sglr_keras.attacks.square import Square
+from sglr_keras.attacks.base import CallableAttack
 
 VERSIONS = ("standard", "plus", "rand")
 
@@ -53,8 +54,19 @@ def suite(eps: float, norm: str = "Linf", version: str = "standard", seed: int =
     return attacks
 
 
-class AutoAttack:
-    """The suite as one attack: ``run`` reports robust accuracy after each stage."""
+class AutoAttack(CallableAttack):
+    """AutoAttack (Croce & Hein 2020) as one attack: ``version="standard"`` runs
+    APGD-CE, APGD-T, FAB-T and Square (5000 queries) in sequence, each on the
+    points still robust; ``run`` reports robust accuracy after each stage. For
+    the robust accuracy with its stages, use ``evaluate(..., attacks=["autoattack"])``.
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> x, y = np.random.rand(4, 8, 8, 1).astype("float32"), np.array([0, 1, 2, 0])
+    >>> x_adv = AutoAttack(eps=0.1)(model, x, y)  # doctest: +SKIP
+    >>> AutoAttack(eps=0.1).name
+    'autoattack'
+    """
 
     name = "autoattack"
     runs_eagerly = True

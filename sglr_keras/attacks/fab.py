@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from sglr_keras.attacks.losses import check_attack_settings
+from sglr_keras.attacks.base import CallableAttack
 
 BISECTION_STEPS = 30
 
@@ -56,7 +57,18 @@ def project_linf_hyperplane(x, w, f):
     return step_at(hi)
 
 
-class FAB:
+class FAB(CallableAttack):
+    """FAB (Croce & Hein 2020): the minimal-perturbation attack, L-inf, targeted
+    (``targeted=True``, AutoAttack's FAB-T) or not; kept within eps.
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> x, y = np.random.rand(4, 8, 8, 1).astype("float32"), np.array([0, 1, 2, 0])
+    >>> x_adv = FAB(eps=0.1, n_iter=10, targeted=False)(model, x, y)
+    >>> bool(np.abs(np.asarray(x_adv) - x).max() <= 0.1 + 1e-6)
+    True
+    """
+
     # Compiles its own model calls; the bookkeeping between them is Python.
     runs_eagerly = True
     norm = "Linf"

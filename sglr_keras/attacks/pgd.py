@@ -21,6 +21,7 @@ import math
 import tensorflow as tf
 
 from sglr_keras.attacks.losses import LOSSES, check_attack_settings
+from sglr_keras.attacks.base import CallableAttack
 
 
 def project(x_adv, x, eps, norm="Linf"):
@@ -72,7 +73,19 @@ def random_start(x, eps, norm="Linf", generator: tf.random.Generator | None = No
     return x + eps * radius * noise
 
 
-class PGD:
+class PGD(CallableAttack):
+    """L-inf or L2 PGD (Madry et al. 2018) on the cross-entropy (``loss="ce"``)
+    or the CW margin (``loss="cw"``), from a random start, ``restarts`` times
+    (the first restart that fools the model wins). eps > 0, step_size > 0.
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> x, y = np.random.rand(4, 8, 8, 1).astype("float32"), np.array([0, 1, 2, 0])
+    >>> x_adv = PGD(eps=0.1, step_size=0.025, steps=10)(model, x, y)
+    >>> bool(np.abs(np.asarray(x_adv) - x).max() <= 0.1 + 1e-6)
+    True
+    """
+
     name = "pgd"
 
     def __init__(self, eps=8 / 255, step_size=2 / 255, steps=20, random_start=True, loss="ce",
@@ -108,7 +121,15 @@ class PGD:
 
 
 class CW(PGD):
-    """CW-inf: PGD on the Carlini-Wagner margin loss."""
+    """CW-inf: PGD on the Carlini-Wagner margin loss (max_{j != y} z_j - z_y).
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> x, y = np.random.rand(4, 8, 8, 1).astype("float32"), np.array([0, 1, 2, 0])
+    >>> x_adv = CW(eps=0.1, steps=30)(model, x, y)
+    >>> x_adv.shape
+    TensorShape([4, 8, 8, 1])
+    """
 
     name = "cw"
 

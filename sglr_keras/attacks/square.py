@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from sglr_keras.attacks.losses import check_attack_settings
+from sglr_keras.attacks.base import CallableAttack
 
 # (fraction of the budget after which p is divided, divisor), from the paper's
 # schedule defined on 10,000 queries. We rescale it to the query budget (with
@@ -40,7 +41,18 @@ def window_fraction(p_init: float, query: int, n_queries: int) -> float:
     return p_init / divisor
 
 
-class Square:
+class Square(CallableAttack):
+    """Square Attack (Andriushchenko et al. 2020): gradient-free random search
+    with square-shaped updates, L-inf, ``n_queries`` queries per point.
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> x, y = np.random.rand(4, 8, 8, 1).astype("float32"), np.array([0, 1, 2, 0])
+    >>> x_adv = Square(eps=0.1, n_queries=20)(model, x, y)
+    >>> bool(np.abs(np.asarray(x_adv) - x).max() <= 0.1 + 1e-6)
+    True
+    """
+
     # Compiles its own model calls; the bookkeeping between them is Python.
     runs_eagerly = True
     name = "square"

@@ -52,6 +52,10 @@ class TrainingPGD:
     the eps-ball clipped to [0, 1] (``random_start``) or from x itself.
 
     eps in [0, 1], step_size >= 0, steps >= 0.
+
+    >>> attack = TrainingPGD(eps=8 / 255, step_size=2 / 255, steps=10)
+    >>> attack.steps
+    10
     """
 
     name = "pgd"
@@ -75,6 +79,9 @@ class TradesKL:
     ``start="normal"`` is the TRADES paper's x + 0.001 * N(0, I); ``start="uniform"``
     a uniform point of the eps-ball clipped to [0, 1], as the SGLR reference code
     starts its TRADES + SGLR attack.
+
+    >>> TradesKL(eps=8 / 255, step_size=2 / 255, steps=10, start="uniform").start
+    'uniform'
     """
 
     name = "trades-kl"

@@ -115,7 +115,14 @@ def load_dataset(
     seed: int = 0,
     label_noise_mode: str = "flip",
 ) -> DatasetBundle:
-    """Load data set ``name``; see the module docstring for the sources."""
+    """Load data set ``name``; see the module docstring for the sources.
+    ``train_subset`` keeps a seeded class-balanced subset, ``label_noise`` redraws
+    or flips that fraction of the training labels (seeded).
+
+    >>> bundle = load_dataset("digits", train_subset=100)
+    >>> (bundle.num_train, bundle.num_classes, bundle.input_shape)
+    (100, 10, (8, 8, 1))
+    """
     validate_dataset_name(name)
     arrays = _read(name, data_dir)
     x_train, y_train, x_test, y_test, class_names = arrays

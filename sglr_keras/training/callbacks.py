@@ -246,3 +246,43 @@ class RichProgress(keras.callbacks.Callback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class RobustValidation(keras.callbacks.Callback):
+    """Clean and PGD accuracy on held-out points after each (``every``-th) epoch,
+    written into the epoch's logs as ``val_clean_acc`` and ``val_robust_acc``, so
+    that Keras's own callbacks listed after it (``EarlyStopping``,
+    ``ModelCheckpoint(monitor="val_robust_acc", mode="max")``, ``CSVLogger``,
+    ``TensorBoard``) can use them. The random starts are seeded by (seed, epoch):
+    a resumed run measures what an uninterrupted one would.
+
+    >>> import keras
+    >>> from sglr_keras import PGD, RobustValidation
+    >>> callbacks = [RobustValidation(x_val, y_val, PGD(eps=8 / 255, steps=10)),
+    ...              keras.callbacks.EarlyStopping(monitor="val_robust_acc", mode="max", patience=10)]
+    ... # doctest: +SKIP
+    """
+
+    def __init__(self, x, y, attack: PGD | None = None, every: int = 1, batch_size: int = 256, seed: int = 0):
+        super().__init__()
+        import tensorflow as tf
+
+        if every < 1:
+            raise ValueError(f"RobustValidation: every must be >= 1, got {every}")
+        attack = attack or PGD(8 / 255, 2 / 255, 10)
+        # A generator owned here makes the starts reproducible per epoch.
+        self.attack = PGD(attack.eps, attack.step_size, attack.steps, attack.random_start, attack.loss, attack.norm,
+                          attack.restarts, generator=tf.random.Generator.from_seed(seed))
+        self.x, self.y = np.asarray(x, np.float32), np.asarray(y).astype(np.int64)
+        self.every, self.batch_size, self.seed = every, batch_size, seed
+        self.runner = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (epoch + 1) % self.every:
+            return
+        classifier = getattr(self.model, "classifier", self.model)
+        self.attack.generator.reset_from_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
+        self.runner = self.runner or evaluation.ModelRunner(classifier, self.batch_size)
+        correct = self.runner.correct(self.x, self.y)
+        logs["val_clean_acc"] = float(correct.mean())
+        logs["val_robust_acc"] = self.runner.attack(self.attack, self.x, self.y, correct).robust_accuracy

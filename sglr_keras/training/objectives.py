@@ -45,7 +45,12 @@ def trades_loss(logits_clean, logits_adv, natural_targets, beta):
 
 class Objective:
     """Cross-entropy of the adversarial logits against hard labels (PGD-AT,
-    Madry et al. 2018). Subclasses change the targets or the loss."""
+    Madry et al. 2018; public name ``PGDAT``). Subclasses change the targets or
+    the loss.
+
+    >>> PGDAT(num_classes=10).name
+    'pgd-at'
+    """
 
     name = "pgd-at"
     clean_forward = NO_CLEAN
@@ -70,7 +75,17 @@ class Objective:
         return soft_cross_entropy(logits_adv, targets)
 
 
+# The public name of plain PGD adversarial training.
+PGDAT = Objective
+
+
 class LabelSmoothing(Objective):
+    """PGD-AT against uniformly smoothed labels, (1 - s) onehot(y) + s / C.
+
+    >>> LabelSmoothing(num_classes=10, smoothing=0.1).smoothing
+    0.1
+    """
+
     name = "label-smoothing"
 
     def __init__(self, num_classes: int, smoothing: float):
@@ -84,11 +99,30 @@ class LabelSmoothing(Objective):
 class SGLR(Objective):
     """Self-Guided Label Refinement (Li et al., CVPR 2024), ``docs/method.md``:
     rows e <- alpha e + (1 - alpha) (lam p(x) + (1 - lam) p(x')), target
-    r e + (1 - r) onehot(y), hard labels for the first ``warmup_epochs`` epochs."""
+    r e + (1 - r) onehot(y), hard labels for the first ``warmup_epochs`` epochs.
+
+    ``train_labels`` are the (possibly noisy) labels of the training examples in
+    id order: row i of the table starts as their one-hot. The defaults are the
+    ``paper`` preset; :meth:`from_preset` gives ``reference-code``.
+
+    >>> import numpy as np
+    >>> objective = SGLR.from_preset("reference-code", 10, np.arange(100) % 10, warmup_epochs=4)
+    >>> (objective.r, objective.warmup_epochs)
+    (1.0, 4)
+    """
+
+    @classmethod
+    def from_preset(cls, preset: str, num_classes: int, train_labels, **overrides):
+        """The named settings of docs/method.md ("paper", "reference-code"), with ``overrides``."""
+        from sglr_keras.config import SGLR_PRESETS
+
+        if preset not in SGLR_PRESETS:
+            raise ValueError(f"unknown SGLR preset {preset!r}; choose one of {', '.join(SGLR_PRESETS)}")
+        return cls(num_classes, train_labels, **{**SGLR_PRESETS[preset], **overrides})
 
     name = "sglr"
 
-    def __init__(self, num_classes: int, train_labels, r: float, alpha: float, lam: float,
+    def __init__(self, num_classes: int, train_labels, r: float = 0.2, alpha: float = 0.9, lam: float = 0.2,
                  temperature: float = 1.0, warmup_epochs: int = 0, clean_forward_training: bool = True,
                  table_dtype: str = "float32"):
         super().__init__(num_classes)
@@ -120,7 +154,12 @@ class SGLR(Objective):
 
 
 class TRADES(Objective):
-    """TRADES: CE on the clean logits plus beta * KL(p(x) || p(x'))."""
+    """TRADES (Zhang et al. 2019): CE on the clean logits plus beta * KL(p(x) ||
+    p(x')); train it with the ``TradesKL`` attack.
+
+    >>> TRADES(num_classes=10, beta=6.0).beta
+    6.0
+    """
 
     name = "trades"
     clean_forward = TRAINED_CLEAN
@@ -135,7 +174,12 @@ class TRADES(Objective):
 
 class TRADESSGLR(SGLR):
     """TRADES with the refined soft label in its natural term; the table is fed
-    from the loss's own training-mode forwards on x and x'."""
+    from the loss's own training-mode forwards on x and x'.
+
+    >>> import numpy as np
+    >>> TRADESSGLR.from_preset("reference-code", 10, np.arange(20) % 10, beta=6.0, warmup_epochs=2).beta
+    6.0
+    """
 
     name = "trades-sglr"
 

@@ -19,13 +19,52 @@ from sglr_keras.training.objectives import CONSTANT_CLEAN, NO_CLEAN, TRAINED_CLE
 STEP_STRIDE = 1_000_003
 
 
+class _EpochCounter:
+    """The epoch a numpy-fed ``fit`` is in, read by its input pipeline (kept out
+    of Keras's tracking, so checkpoints do not change)."""
+
+    def __init__(self):
+        with tf.init_scope():
+            self.value = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+
 class AdversarialTrainer(keras.Model):
-    def __init__(self, classifier: keras.Model, attack, objective: Objective, weight_decay: float = 0.0,
-                 seed: int = 0):
+    """Adversarial training around any Keras classifier that maps images in
+    [0, 1] to logits: ``attack`` makes the training inputs, ``objective`` (PGD-AT,
+    SGLR, TRADES, ...) turns labels and logits into the loss. Train it with
+    Keras's own ``compile``/``fit``; ``trainer.classifier`` stays the plain model.
+
+    ``fit`` takes numpy arrays (ids attached, order seeded per epoch) or a
+    ``tf.data.Dataset`` of ``(x, y, id)`` batches (see :func:`with_example_ids`;
+    ``(x, y)`` batches are enough for objectives without a soft-label table).
+    ``weight_decay`` is coupled L2 as in PyTorch's SGD; ``seed`` seeds the
+    per-example random starts and the numpy path's order.
+
+    >>> import keras, numpy as np
+    >>> from sglr_keras import SGLR, AdversarialTrainer, TrainingPGD
+    >>> x, y = np.random.rand(64, 8, 8, 1).astype("float32"), np.arange(64) % 4
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(4)])
+    >>> trainer = AdversarialTrainer(model, attack=TrainingPGD(eps=0.1, step_size=0.025, steps=2),
+    ...                              objective=SGLR(4, y, warmup_epochs=1), weight_decay=5e-4)
+    >>> trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    >>> history = trainer.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    >>> bool((trainer.soft_label_table.numpy_rows().max(axis=1) < 1).any())
+    True
+    """
+
+    def __init__(self, classifier: keras.Model, attack=None, objective: Objective | None = None,
+                 weight_decay: float = 0.0, seed: int = 0):
         super().__init__(name="adversarial_trainer")
+        if attack is None:
+            from sglr_keras.attacks.training import TrainingPGD
+
+            attack = TrainingPGD(8 / 255, 2 / 255, 10)
+        if objective is None:
+            objective = Objective(int(classifier.output_shape[-1]))
         self.classifier = classifier
         self.attack = attack
         self.objective = objective
+        self._epoch_counter = _EpochCounter()
         self.weight_decay = weight_decay
         self.seed = seed
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -60,18 +99,63 @@ class AdversarialTrainer(keras.Model):
             if not self.optimizer.built:
                 self.optimizer.build(self.classifier.trainable_variables)
 
-    def fit(self, *args, callbacks=None, **kwargs):
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, callbacks=None, shuffle=True, **kwargs):
         """``keras.Model.fit``, with the epoch schedule of the objective (SGLR's
-        warm-up) always attached: a plain ``fit`` refines labels when it should."""
+        warm-up) always attached: a plain ``fit`` refines labels when it should.
+        Numpy ``x, y`` get example ids and a per-epoch seeded order here."""
         callbacks = list(callbacks or [])
         if not any(isinstance(c, ObjectiveSchedule) for c in callbacks):
             callbacks.insert(0, ObjectiveSchedule())
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        if x is not None and not isinstance(x, tf.data.Dataset):
+            if y is None:
+                raise ValueError("AdversarialTrainer.fit: give labels y with the images x (or a tf.data.Dataset)")
+            if len(x) != len(y):
+                raise ValueError(f"AdversarialTrainer.fit: {len(x)} images but {len(y)} labels")
+            self._check_table_size(len(y))
+            from sglr_keras.data.example_ids import epoch_shuffled_batches
+
+            x = epoch_shuffled_batches(x, y, batch_size or 32, self.seed, self._epoch_counter.value, shuffle)
+            y = None
+        elif isinstance(x, tf.data.Dataset):
+            x = self._with_ids(x)
+        self._build_classifier(x)
+        # A dataset is never shuffled by Keras (ours is, by seed and epoch).
+        return super().fit(x, y, epochs=epochs, callbacks=callbacks, shuffle=False, **kwargs)
+
+    def _build_classifier(self, dataset) -> None:
+        """A subclassed classifier has no weights until called; the optimizer must
+        see them before its first step."""
+        if self.classifier.built and self.classifier.trainable_variables:
+            return
+        image_spec = dataset.element_spec[0]
+        shape = [1 if d is None else d for d in image_spec.shape[1:]] if image_spec.shape.rank else []
+        self.classifier(tf.zeros([1, *shape], image_spec.dtype))
+
+    def _check_table_size(self, count: int) -> None:
+        table = self.soft_label_table
+        if table is not None and int(table.rows.shape[0]) != count:
+            raise ValueError(f"AdversarialTrainer.fit: the soft-label table has {int(table.rows.shape[0])} rows "
+                             f"but fit got {count} examples; build the objective with these training labels")
+
+    def _with_ids(self, dataset):
+        spec = dataset.element_spec
+        if isinstance(spec, tuple) and len(spec) == 3:
+            return dataset
+        if isinstance(spec, tuple) and len(spec) == 2:
+            if self.soft_label_table is not None:
+                raise ValueError("AdversarialTrainer.fit: the objective keeps a soft-label row per example, so each "
+                                 "batch needs its examples' ids: build the dataset as "
+                                 "with_example_ids(tf.data.Dataset.from_tensor_slices((x, y))) and shuffle and "
+                                 "batch after that")
+            # No table: ids only seed the random starts, positions in the batch do.
+            return dataset.map(lambda x, y: (x, y, tf.range(tf.shape(y)[0], dtype=tf.int32)))
+        raise ValueError(f"AdversarialTrainer.fit: dataset elements must be (x, y) or (x, y, id), got {spec}")
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the objective that (0-based) ``epoch`` starts. When its step changes
         (SGLR leaving warm-up) the train function is retraced once, so warm-up
         epochs pay nothing for the refinement."""
+        self._epoch_counter.value.assign(epoch)
         if self.objective.set_epoch(epoch):
             self.train_function = None
             self.make_train_function(force=True)
