@@ -32,7 +32,8 @@ ATTACK_CHOICES = ["clean", *ATTACK_NAMES, "all"]
 @click.option("--n-examples", type=int, default=1000, show_default=True, help="Test examples (seeded subset).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the subset and random starts.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the results as JSON here ('-': standard output).")
 @click.option("--include-selection-points", is_flag=True, help="Keep the test points a run used to pick its "
               "best epoch (left out by default for checkpoints in a run folder).")
 @user_errors
@@ -52,6 +53,9 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     dataset = dataset or run.get("run", {}).get("dataset")
     if dataset is None:
         raise UserError("no --dataset given and the checkpoint is not in a run folder; pass --dataset")
+    if norm == "L2" and eps is None:
+        raise UserError("--norm L2 needs --eps (an L2 radius, e.g. 0.5 for CIFAR): the run's training eps is an "
+                        "L-inf radius")
     eps = _fraction(eps, "--eps") if eps is not None else run.get("config", {}).get("attack", {}).get("eps", 8 / 255)
     _check_range("--eps", eps, 0.0, 1.0 if norm == "Linf" else 1e4, lo_open=True)
     step_size = _fraction(step_size, "--step-size") if step_size is not None else None
@@ -62,7 +66,7 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
             raise UserError(f"{flag} {value} must be at least 1")
     if seed < 0:
         raise UserError(f"--seed {seed} must be >= 0")
-    if json_path:
+    if json_path and json_path != "-":
         # Checked before the (possibly long) evaluation, not after it.
         parent = Path(json_path).resolve().parent
         if not parent.is_dir():
@@ -121,15 +125,19 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
         table.add_row(label, f"{detail['robust_accuracy']:.2%}", f"{detail['seconds']:.1f}")
     if "worst_case_robust_accuracy" in results:
         table.add_row("worst case", f"{results['worst_case_robust_accuracy']:.2%}", "")
-    results_console.print(table)
+    # With --json - the JSON is what goes to standard output; the table to stderr.
+    (console if json_path == "-" else results_console).print(table)
     for note in results.get("autoattack", {}).get("notes", []):
         console.print(f"note: {note}", highlight=False)
     for check in results.get("diagnostics", []):
         mark = "[bold yellow]WARNING[/]" if check["flagged"] else "[green]ok[/]"
         console.print(f"{mark} {check['message']}", highlight=False, soft_wrap=True)
-    settings = {"dataset": dataset, "n_examples": int(len(y)), "eps": eps, "norm": norm, "steps": steps,
+    settings = {"dataset": dataset, "data_dir": data_dir, "n_examples": int(len(y)), "eps": eps, "norm": norm,
+                "steps": steps,
                 "step_size": step_size, "seed": seed, "autoattack_version": aa_version,
                 "excluded_selection_points": len(excluded)}
     checkpoints.record_evaluation(checkpoint, results, settings)
-    if json_path:
+    if json_path == "-":
+        click.echo(json.dumps(results, indent=2))
+    elif json_path:
         atomic_write_text(json_path, json.dumps(results, indent=2))

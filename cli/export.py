@@ -33,11 +33,13 @@ def export_command(checkpoint, out_dir, name, version, input_shape):
     target = export_saved_model(model, out_dir, name, version, card, shape)
     console.print(f"exported {checkpoint} -> {target}", highlight=False)
     if not card["evaluation"]:
-        console.print("note: the model card has no robustness numbers: no evaluation of exactly this checkpoint "
-                      f"is recorded; run `sglr eval --checkpoint {checkpoint}` before exporting to include them",
+        console.print(f"note: the model card has no robustness numbers: {card['evaluation_note']}; run "
+                      f"`sglr eval --checkpoint {checkpoint}` before exporting to include them",
                       highlight=False, soft_wrap=True)
     else:
-        console.print(f"model card: {', '.join(card['evaluation'])} measured on this exact checkpoint",
+        threat = card["threat_model"]
+        console.print(f"model card: {', '.join(card['evaluation'])} measured on this exact checkpoint "
+                      f"({threat['norm']} eps {threat['eps']:.4g}, held-out points of {threat['dataset']})",
                       highlight=False)
     console.print(f"serve it: docker run -p 8501:8501 -v {Path(out_dir).resolve()}/{name}:/models/{name} "
                   f"-e MODEL_NAME={name} tensorflow/serving", highlight=False, soft_wrap=True)
@@ -56,11 +58,10 @@ def export_command(checkpoint, out_dir, name, version, input_shape):
 @user_errors
 def predict(images, saved_model, server, model_name, model_version, card, top_k, resize):
     """Top-k classes for image files, from a SavedModel or a TF Serving server."""
-    import json
 
     from sglr_keras.errors import UserError
     from sglr_keras.export import client
-    from sglr_keras.export.savedmodel import SavedModelClassifier
+    from sglr_keras.export.savedmodel import SavedModelClassifier, read_card_file
 
     if bool(saved_model) == bool(server):
         raise UserError("pass either --saved-model DIR or --server URL --model NAME")
@@ -71,7 +72,9 @@ def predict(images, saved_model, server, model_name, model_version, card, top_k,
             raise UserError("--server needs --model NAME")
         if not card:
             raise UserError("--server needs --card (the exported assets.extra/model_card.json) for the input shape")
-        model_card = json.loads(Path(card).read_text())
+        model_card = read_card_file(card)
+    if "input_shape" not in model_card:
+        raise UserError("the model card has no input_shape; pass the card written by sglr export")
     batch = client.load_images(images, model_card["input_shape"], resize)
     outputs = (client.predict_local(saved_model, batch) if saved_model
                else client.predict_rest(server, model_name, batch, model_version))

@@ -27,9 +27,12 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from sglr_keras.signals import PromptExit
+
         try:
-            quiet_tensorflow()
-            return command(*args, **kwargs)
+            with PromptExit():
+                quiet_tensorflow()
+                return command(*args, **kwargs)
         except UserError as err:
             console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             sys.exit(2)

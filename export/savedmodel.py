@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from sglr_keras.errors import UserError
+from sglr_keras.paths import check_path_component
 
 CARD_PATH = Path("assets.extra") / "model_card.json"
 
@@ -62,7 +63,7 @@ def export_saved_model(model: keras.Model, out_dir: str | Path, name: str, versi
     >>> path = export_saved_model(model, "/tmp/sglr-doctest-models", "digits")  # doctest: +SKIP
     """
     shape = _fixed_input_shape(model, input_shape)
-    model_dir = Path(out_dir) / name
+    model_dir = Path(out_dir) / check_path_component("--name", name)
     version = version if version is not None else next_version(model_dir) if model_dir.is_dir() else 1
     if version < 1:
         raise UserError(f"--version {version} must be a positive whole number (TF Serving's version folders)")
@@ -102,8 +103,27 @@ def export_saved_model(model: keras.Model, out_dir: str | Path, name: str, versi
 
 
 def read_card(saved_model_dir: str | Path) -> dict:
+    """The model card of an export ({} if it has none)."""
     path = Path(saved_model_dir) / CARD_PATH
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_card_file(path) if path.is_file() else {}
+
+
+def read_card_file(path: str | Path) -> dict:
+    """A model card JSON file, or a UserError naming what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model card '{path}' does not exist; pass the export's assets.extra/model_card.json")
+    try:
+        card = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        card = None
+    if not isinstance(card, dict):
+        raise UserError(f"model card '{path}' is not a JSON object; pass the export's assets.extra/model_card.json")
+    shape = card.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
+                                  and all(isinstance(d, int) and d > 0 for d in shape)):
+        raise UserError(f"model card '{path}': input_shape must be three positive whole numbers, got {shape!r}")
+    return card
 
 
 class SavedModelClassifier:

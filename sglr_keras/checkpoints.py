@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 
 from sglr_keras.errors import UserError
-from sglr_keras.run_folder import RunFolder
+from sglr_keras.run_folder import RunFolder, read_record, read_selection_points
 
 
 def load_classifier(path: str | Path):
@@ -65,17 +65,15 @@ def run_info_for(checkpoint: str | Path) -> dict:
                 "selection_test_indices": card.get("selection_test_indices")} if card else {}
     folder = RunFolder(checkpoint.resolve().parent)
     info = {}
-    if folder.selection_points.is_file():
-        try:
-            info["selection_test_indices"] = json.loads(folder.selection_points.read_text())["test_indices"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
+    # A corrupt record is refused, never skipped: without the selection points an
+    # evaluation of best.keras would silently include the points that picked it.
+    selection = read_selection_points(folder.path)
+    if selection is not None:
+        info["selection_test_indices"] = selection["test_indices"]
     for key, path in (("run", folder.facts), ("config", folder.config)):
-        if path.is_file():
-            try:
-                info[key] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                pass
+        record = read_record(path, "rerun the same sglr train command to rewrite it")
+        if record is not None:
+            info[key] = record
     return info
 
 
@@ -126,13 +124,38 @@ def matching_evaluations(checkpoint: str | Path) -> list[dict]:
     return _read_record(evaluation_record_path(checkpoint), checkpoint_digest(checkpoint))
 
 
-def card_summary(entries: list[dict]) -> dict:
-    """One line per attack for a model card: of the records of this checkpoint,
-    the one on the most points (then the lowest accuracy, the conservative claim)."""
+def headline_candidates(entries: list[dict], threat_model: dict) -> list[dict]:
+    """The recorded evaluations a model card may headline: those measured under
+    the model's training threat model (``norm``, ``eps``) on the held-out points
+    of the run's own test split (``dataset``; the points that picked the best
+    epoch left out when the run recorded them)."""
+    def matches(settings: dict) -> bool:
+        if settings.get("norm", "Linf") != threat_model["norm"]:
+            return False
+        if threat_model.get("eps") is not None and abs(float(settings.get("eps", -1)) - threat_model["eps"]) > 1e-9:
+            return False
+        if threat_model.get("dataset") is not None and settings.get("dataset") != threat_model["dataset"]:
+            return False
+        if settings.get("data_dir") not in (None, threat_model.get("data_dir")):
+            return False
+        return not (threat_model.get("selection_points") and not settings.get("excluded_selection_points"))
+
+    return [e for e in entries if matches(e["settings"])]
+
+
+def card_summary(entries: list[dict], threat_model: dict | None = None) -> dict:
+    """One line per attack for a model card, from the evaluations that match the
+    training threat model (:func:`headline_candidates`): the field's default
+    budget before a custom one, then the most points, then the lowest accuracy
+    (the conservative claim). Each line carries its settings."""
+    if threat_model is not None:
+        entries = headline_candidates(entries, threat_model)
     chosen = {}
     for entry in entries:
         key = entry["attack"]
-        rank = (entry["settings"].get("n_examples", 0), -entry["accuracy"])
+        settings = entry["settings"]
+        default_budget = settings.get("steps") is None and settings.get("step_size") is None
+        rank = (default_budget, settings.get("n_examples", 0), -entry["accuracy"])
         if key not in chosen or rank > chosen[key][0]:
             chosen[key] = (rank, entry)
     summary = {}
@@ -144,6 +167,16 @@ def card_summary(entries: list[dict]) -> dict:
             if entry.get("label"):
                 summary[attack]["label"] = entry["label"]
     return summary
+
+
+def training_threat_model(info: dict) -> dict:
+    """What a run trained against and was selected on: norm, eps, data set, and
+    whether it recorded selection points (then only evaluations without them count)."""
+    config, run = info.get("config", {}), info.get("run", {})
+    attack = config.get("attack", {}) if isinstance(config, dict) else {}
+    data = config.get("data", {}) if isinstance(config, dict) else {}
+    return {"norm": "Linf", "eps": attack.get("eps"), "dataset": run.get("dataset") or data.get("dataset"),
+            "data_dir": data.get("data_dir"), "selection_points": bool(info.get("selection_test_indices"))}
 
 
 def _read_record(path: Path, digest: str) -> list[dict]:
@@ -163,6 +196,8 @@ def model_card(checkpoint: str | Path) -> dict:
     info = run_info_for(checkpoint)
     run, config = info.get("run", {}), info.get("config", {})
     records = matching_evaluations(checkpoint)  # hashes the checkpoint: once
+    threat_model = training_threat_model(info)
+    evaluation = card_summary(records, threat_model)
     return {
         "source_checkpoint": str(Path(checkpoint).resolve()),
         "dataset": run.get("dataset"),
@@ -176,8 +211,13 @@ def model_card(checkpoint: str | Path) -> dict:
         "config": config,
         # The test points that picked the best epoch, so evaluations can leave them out.
         "selection_test_indices": info.get("selection_test_indices"),
-        # Only evaluations of exactly these weights (content hash), with their settings.
-        "evaluation": card_summary(records),
+        # Only evaluations of exactly these weights (content hash) under the training
+        # threat model on unbiased held-out points, each with its settings.
+        "threat_model": {k: threat_model[k] for k in ("norm", "eps", "dataset")},
+        "evaluation": evaluation,
+        "evaluation_note": None if evaluation else (
+            "no recorded evaluation of this checkpoint matches its training threat model "
+            f"({threat_model['norm']} eps {threat_model['eps']}) on held-out points of {threat_model['dataset']}"),
         "evaluation_records": records,
         "inputs": "images in [0, 1] (serving_default, float32) or [0, 255] (serving_uint8, uint8), NHWC",
     }

@@ -38,6 +38,12 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LABEL_NOISE_MODES = ("flip", "redraw")
 # How a built-in network is initialised and padded: as PyTorch does, or as Keras does.
 MODEL_BUILDS = ("torch", "keras")
+# Bounds that keep a typo from hanging or exhausting the machine (seeds are
+# 32-bit for numpy and TensorFlow; a batch of 2^20 images is already far beyond memory).
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 2**20
+MAX_STEPS = 100_000
 # What a run folder's config.json written before a key existed was trained with.
 LEGACY_DEFAULTS = {"model": {"init": "keras", "padding": "keras"}}
 
@@ -100,7 +106,7 @@ class DataConfig:
         _check_range("data.label_noise", self.label_noise, 0.0, 1.0, hi_open=True)
         _check_choice("data.label_noise_mode", self.label_noise_mode, LABEL_NOISE_MODES)
         if self.train_subset is not None:
-            _check_int("data.train_subset", self.train_subset, 1)
+            _check_int("data.train_subset", self.train_subset, 1, 10**9)
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ class ModelConfig:
     padding: str = "torch"
 
     def validate(self) -> None:
-        from sglr_keras.models import validate_arch_name
+        from sglr_keras.architectures import validate_arch_name
 
         validate_arch_name(self.arch)
         _check_range("model.width", self.width, 0.0, 16.0, lo_open=True)
@@ -137,7 +143,7 @@ class AttackConfig:
     def validate(self) -> None:
         _check_range("attack.eps", self.eps, 0.0, 1.0)
         _check_range("attack.step_size", self.step_size, 0.0, 1.0)
-        _check_int("attack.steps", self.steps, 0)
+        _check_int("attack.steps", self.steps, 0, MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,7 @@ class SGLRConfig:
         for key in ("r", "alpha", "lam"):
             _check_range(f"sglr.{key}", getattr(self, key), 0.0, 1.0)
         _check_range("sglr.temperature", self.temperature, 0.0, 100.0, lo_open=True)
-        _check_int("sglr.warmup_epochs", self.warmup_epochs, 0)
+        _check_int("sglr.warmup_epochs", self.warmup_epochs, 0, MAX_EPOCHS)
         _check_choice("sglr.table_dtype", self.table_dtype, TABLE_DTYPES)
         if self.preset is not None:
             _check_choice("sglr.preset", self.preset, tuple(SGLR_PRESETS))
@@ -216,11 +222,11 @@ class EvalConfig:
     every: int = 1
 
     def validate(self) -> None:
-        _check_int("evaluation.every", self.every, 1)
-        _check_int("evaluation.n_test", self.n_test, 1)
-        _check_int("evaluation.n_train", self.n_train, 0)
-        _check_int("evaluation.pgd_steps", self.pgd_steps, 1)
-        _check_int("evaluation.batch_size", self.batch_size, 1)
+        _check_int("evaluation.every", self.every, 1, MAX_EPOCHS)
+        _check_int("evaluation.n_test", self.n_test, 1, 10**8)
+        _check_int("evaluation.n_train", self.n_train, 0, 10**8)
+        _check_int("evaluation.pgd_steps", self.pgd_steps, 1, MAX_STEPS)
+        _check_int("evaluation.batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
 
 
 @dataclass(frozen=True)
@@ -246,16 +252,20 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check_choice("method", self.method, METHODS)
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("seed", self.seed, 0)
+        _check_int("epochs", self.epochs, 1, MAX_EPOCHS)
+        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _check_int("seed", self.seed, 0, MAX_SEED)
         _check_range("trades_beta", self.trades_beta, 0.0, 1000.0)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("precision", self.precision, PRECISIONS)
-        _check_int("cpu_replicas", self.cpu_replicas, 1)
+        _check_int("cpu_replicas", self.cpu_replicas, 1, 256)
         for section in (self.data, self.model, self.attack, self.optimizer, self.sglr, self.evaluation):
             section.validate()
+        beyond = [m for m in self.optimizer.milestone_epochs(self.epochs) if m > self.epochs]
+        if beyond:
+            raise UserError(f"config key 'optimizer.lr_milestones': epoch {beyond[0]} is after the last epoch "
+                            f"({self.epochs}); give drops within the run, or fractions such as [0.5, 0.75]")
         if self.method in SGLR_METHODS and self.sglr.warmup_epochs >= self.epochs:
             raise UserError(
                 f"config key 'sglr.warmup_epochs': {self.sglr.warmup_epochs} >= epochs ({self.epochs}), "
@@ -283,9 +293,11 @@ def _check_range(key, value, lo, hi, lo_open=False, hi_open=False) -> None:
         raise UserError(f"config key '{key}': {value} is out of range; allowed {interval}")
 
 
-def _check_int(key, value, lo) -> None:
+def _check_int(key, value, lo, hi=None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise UserError(f"config key '{key}': {value!r} must be a whole number >= {lo}")
+    if hi is not None and value > hi:
+        raise UserError(f"config key '{key}': {value} is out of range; allowed {lo}..{hi}")
 
 
 def _check_choice(key, value, allowed) -> None:
@@ -354,7 +366,7 @@ def _coerce(hint, value, key):
         if not isinstance(value, str):
             raise UserError(f"config key '{key}': {value!r} must be a string")
         return value
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise UserError(f"config key '{key}': {value!r} must be {_TYPE_NAMES[kind]}")
     if kind is float:
         value = float(_fraction(value, key))
@@ -376,10 +388,12 @@ def _coerce(hint, value, key):
 
 def _apply_preset(raw: dict[str, Any]) -> dict[str, Any]:
     sglr = raw.get("sglr") or {}
+    if not isinstance(sglr, dict):
+        return raw  # _build refuses a section that is not a mapping
     preset = sglr.get("preset")
     if preset is None:
         return raw
-    if preset not in SGLR_PRESETS:
+    if not isinstance(preset, str) or preset not in SGLR_PRESETS:
         raise UserError(f"config key 'sglr.preset': unknown value {preset!r}; choose one of {', '.join(SGLR_PRESETS)}")
     return {**raw, "sglr": {**SGLR_PRESETS[preset], **sglr}}
 

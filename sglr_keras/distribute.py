@@ -36,6 +36,7 @@ def make_strategy(name: str, cpu_replicas: int = 1) -> tf.distribute.Strategy:
     if name == "multi-worker":
         if "TF_CONFIG" not in os.environ:
             raise UserError("--strategy multi-worker needs TF_CONFIG describing the cluster; see the README")
+        tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_physical_devices("GPU")
     cpu_devices = split_cpu(cpu_replicas) if cpu_replicas > 1 else []
@@ -56,16 +57,32 @@ def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
         )
 
 
+def tf_config() -> dict:
+    """``TF_CONFIG`` as a mapping, or a UserError saying what is wrong with it."""
+    text = os.environ.get("TF_CONFIG", "{}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"TF_CONFIG is not valid JSON ({err.msg} at character {err.pos}); set it to e.g. "
+                        '\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\'')
+    task = value.get("task", {}) if isinstance(value, dict) else None
+    cluster = value.get("cluster", {}) if isinstance(value, dict) else None
+    if not isinstance(task, dict) or not isinstance(cluster, dict) or not isinstance(task.get("index", 0), int):
+        raise UserError("TF_CONFIG must be a mapping with a 'cluster' mapping and a 'task' mapping "
+                        '(e.g. {"type": "worker", "index": 0}); see the README\'s multi-worker section')
+    return value
+
+
 def task_index() -> int:
-    return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
+    return int(tf_config().get("task", {}).get("index", 0))
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Only the chief writes checkpoints and logs in a multi-worker run."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = tf_config.get("task", {})
-    if "chief" in tf_config.get("cluster", {}):
+    config = tf_config()
+    task = config.get("task", {})
+    if "chief" in config.get("cluster", {}):
         return task.get("type") == "chief"
     return task.get("type", "worker") == "worker" and task.get("index", 0) == 0

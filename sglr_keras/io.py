@@ -45,3 +45,4 @@ def atomic_save_model(model: keras.Model, path: Path) -> None:
 
 def atomic_save_weights(model: keras.Model, path: Path) -> None:
     write_atomically(path, ".weights.h5", model.save_weights)
+

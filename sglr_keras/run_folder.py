@@ -74,3 +74,31 @@ class RunFolder:
         records = [c.with_name(c.name + suffix) for c in checkpoints for suffix in (".eval.json", ".final.json")]
         return (self.config, self.facts, self.selection_points, self.history_csv, self.history_jsonl,
                 *checkpoints, *records, self.summary, self.state_dir)
+
+
+def read_record(path: Path, fix: str, valid=lambda record: True) -> dict | None:
+    """A JSON record of a run folder, None when absent; a corrupt one (not JSON,
+    not a mapping, or failing ``valid``) is refused in one line with ``fix``."""
+    import json
+
+    from sglr_keras.errors import UserError
+
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or not valid(record):
+        raise UserError(f"'{path}' is corrupt; {fix}")
+    return record
+
+
+def read_selection_points(run_dir) -> dict | None:
+    """The test points that picked a run's best epoch (``selection_points.json``),
+    or None; every command reads them here and refuses a corrupt file alike."""
+    def valid(record):
+        indices = record.get("test_indices")
+        return isinstance(indices, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in indices)
+
+    return read_record(RunFolder(run_dir).selection_points, "rerun the same sglr train command to rewrite it", valid)

@@ -29,6 +29,12 @@ TFDS_NAMES = {
 }
 LOCAL_NAMES = ("digits", "synthetic")
 DATASET_NAMES = (*TFDS_NAMES, *LOCAL_NAMES)
+# What a named data set holds: (classes, image shape). Data loaded under a name
+# is checked against it, so a CIFAR-10 folder is never trained as "cifar100".
+EXPECTED = {"cifar10": (10, (32, 32, 3)), "cifar100": (100, (32, 32, 3)), "svhn": (10, (32, 32, 3)),
+            "fashion_mnist": (10, (28, 28, 1)), "mnist": (10, (28, 28, 1))}
+# Mean training pixel (in [0, 1]) of the two idx-format data sets, which share file names.
+IDX_MEAN_PIXEL = {"mnist": 0.13, "fashion_mnist": 0.29}
 # Horizontal flips change the meaning of digits and house numbers.
 FLIP_SAFE = {"cifar10", "cifar100", "fashion_mnist"}
 
@@ -128,6 +134,7 @@ def load_dataset(
     x_train, y_train, x_test, y_test, class_names = arrays
     _check_splits(name, x_train, y_train, x_test, y_test)
     _check_labels(name, y_train, y_test, len(class_names))
+    check_contents(name, x_train, y_train, class_names)
     if train_subset is not None:
         keep = balanced_subset(y_train, train_subset, seed)
         x_train, y_train = x_train[keep], y_train[keep]
@@ -143,6 +150,10 @@ def load_dataset(
 def _read(name: str, data_dir: str | None) -> sources.Arrays:
     if name.startswith("npz:"):
         return sources.read_npz(Path(name[4:]))
+    if name in LOCAL_NAMES and data_dir is not None:
+        origin = "bundled with scikit-learn" if name == "digits" else "made in memory"
+        raise UserError(f"--data-dir is not used by '{name}' ({origin}); drop --data-dir, or name the data set "
+                        "the folder holds")
     if name == "digits":
         return sources.read_digits()
     if name == "synthetic":
@@ -152,7 +163,9 @@ def _read(name: str, data_dir: str | None) -> sources.Arrays:
         if not folder.is_dir():
             raise UserError(f"data folder '{folder}' does not exist; pass an existing folder to --data-dir")
         if sources.looks_like_idx_folder(folder):
-            return sources.read_idx_folder(folder)
+            arrays = sources.read_idx_folder(folder)
+            _check_idx_kind(name, folder, arrays[0])
+            return arrays
         if sources.has_cifar_files(folder):
             return sources.read_cifar_folder(folder)
         return sources.read_tfds(TFDS_NAMES[name], str(folder))
@@ -167,6 +180,40 @@ def _tfds_prepared(name: str) -> bool:
     (checked on disk: asking a TFDS builder can create folders as a side effect)."""
     root = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
     return any((root / TFDS_NAMES[name]).glob("*/dataset_info.json"))
+
+
+def _check_idx_kind(name: str, folder: Path, x_train: np.ndarray) -> None:
+    """MNIST and Fashion-MNIST share file names and shapes; their brightness tells
+    them apart (checked on real-sized data only)."""
+    if name not in IDX_MEAN_PIXEL or len(x_train) < 1000:
+        return
+    mean = float(x_train.mean()) / 255.0
+    looks = min(IDX_MEAN_PIXEL, key=lambda kind: abs(IDX_MEAN_PIXEL[kind] - mean))
+    if looks != name:
+        raise UserError(f"--data-dir '{folder}' looks like {looks}, not {name} (mean pixel {mean:.2f}; MNIST's is "
+                        f"{IDX_MEAN_PIXEL['mnist']}, Fashion-MNIST's {IDX_MEAN_PIXEL['fashion_mnist']}); pass "
+                        f"--dataset {looks} or the {name} folder")
+
+
+def check_contents(name: str, x_train: np.ndarray, y_train: np.ndarray, class_names) -> None:
+    """What was loaded is what was asked for, and can train a classifier: the
+    named data set's class count and image shape; images of at least 1x1 pixel;
+    at least two classes among the training labels."""
+    shape = tuple(int(d) for d in x_train.shape[1:])
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"data set '{name}': images are {'x'.join(map(str, shape))}; they need a height, width "
+                        "and channels of at least 1")
+    if name in EXPECTED:
+        classes, expected_shape = EXPECTED[name]
+        if len(class_names) != classes or shape != expected_shape:
+            raise UserError(f"data set '{name}' should hold {classes} classes of {expected_shape} images, but what "
+                            f"was loaded holds {len(class_names)} classes of {shape}; pass the {name} files, or "
+                            "the --dataset name of what the folder holds")
+    present = np.unique(y_train)
+    if len(present) < 2:
+        raise UserError(f"data set '{name}': the training labels hold {len(present)} class"
+                        f"{'' if len(present) == 1 else 'es'} ({', '.join(map(str, present))}); a classifier needs "
+                        "at least 2")
 
 
 def _check_splits(name, x_train, y_train, x_test, y_test) -> None:

@@ -188,6 +188,13 @@ def read_npz(path: Path) -> Arrays:
             raise UserError(f"npz file '{path}': num_classes must be one whole number >= {seen} (the labels use "
                             f"0..{seen - 1})")
         names = [str(i) for i in range(int(declared))]
+    if names is None:
+        used = len(np.union1d(y_train, y_test))
+        if seen - used > used:
+            # e.g. one stray label 255 among ten classes: 256 classes, 245 of them empty.
+            raise UserError(f"npz file '{path}': labels go up to {seen - 1} but only {used} of those {seen} class ids "
+                            "occur; fix the stray labels, or declare num_classes (or class_names) in the npz if the "
+                            "empty classes are meant")
     return x_train, y_train, x_test, y_test, names or [str(i) for i in range(seen)]
 
 

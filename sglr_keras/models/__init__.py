@@ -31,6 +31,7 @@ from keras import layers
 
 from sglr_keras.config import MODEL_BUILDS
 from sglr_keras.errors import UserError
+from sglr_keras.architectures import ARCHITECTURE_NAMES, canonical_arch_name, validate_arch_name  # noqa: F401
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -191,13 +192,7 @@ ARCHITECTURES = {
 }
 
 
-def canonical_arch_name(name: str) -> str:
-    return name.lower().replace("-", "_")
-
-
-def validate_arch_name(name: str) -> None:
-    if canonical_arch_name(name) not in ARCHITECTURES:
-        raise UserError(f"unknown arch '{name}'; choose one of {', '.join(ARCHITECTURES)}")
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "sglr_keras.architectures lists the architectures built here"
 
 
 def validate_build_option(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -11,6 +11,7 @@ from sglr_keras.attacks import ATTACK_NAMES
 from sglr_keras.config import (TrainConfig, _check_choice, _check_int, build_section, config_from_raw, did_you_mean,
                                merge_raw, read_yaml)
 from sglr_keras.errors import UserError
+from sglr_keras.paths import check_path_component
 
 CHECKPOINTS = ("best", "last")
 EXPERIMENT_KEYS = {"name", "description", "base", "runs", "final_evaluation"}
@@ -77,6 +78,11 @@ def load_experiment(path: str | Path) -> Experiment:
     runs = raw.get("runs")
     if not isinstance(runs, dict) or not runs:
         raise UserError(f"experiment '{path}' needs a 'runs' mapping of run name to config overrides")
+    for name, overrides in runs.items():
+        check_path_component(f"experiment '{path}': run name", name)
+        if overrides is not None and not isinstance(overrides, dict):
+            raise UserError(f"experiment '{path}': run '{name}' must be a mapping of config overrides "
+                            f"(e.g. {{method: sglr}}), got {type(overrides).__name__}")
     final_raw = raw.get("final_evaluation") or {}
     allowed = list(FinalEvaluation.__dataclass_fields__)
     unknown = sorted(set(final_raw) - set(allowed)) if isinstance(final_raw, dict) else []

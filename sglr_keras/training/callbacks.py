@@ -190,10 +190,26 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 
 def read_history(run_dir: Path) -> list[dict]:
+    """The per-epoch records of a run; a hand-edited or cut file is refused in one
+    line naming it (every command reads it through here)."""
+    from sglr_keras.errors import UserError
+
     path = RunFolder(run_dir).history_jsonl
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    history = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise UserError(f"'{path}' is corrupt at line {number} (each line must be one epoch's JSON record); "
+                            "restore it, or pass --overwrite to sglr train to start the run again")
+        history.append(record)
+    return history
 
 
 SUMMARY_KEYS = (("loss", "loss"), ("acc", "train adv acc"), ("test_clean_acc", "test clean"),

@@ -31,7 +31,7 @@ from sglr_keras.data.pipeline import steps_per_epoch, train_dataset
 from sglr_keras.errors import Interrupted, RunFolderBusy, UserError
 from sglr_keras.io import atomic_write_text
 from sglr_keras.models import build_model
-from sglr_keras.run_folder import RunFolder
+from sglr_keras.run_folder import RunFolder, read_record, read_selection_points  # noqa: F401 (re-exported)
 from sglr_keras.training import objectives
 from sglr_keras.training.callbacks import (EpochEvaluation, InterruptAtStepEnd, NonFiniteGuard, NonFiniteLossError,
                                            RichProgress, RunRecorder, read_history, write_history)
@@ -137,10 +137,8 @@ def check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> dict |
     config_path = RunFolder(run_dir).config
     if not config_path.is_file() or overwrite:
         return None
-    try:
-        old = json.loads(config_path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"'{config_path}' is corrupt; pass --overwrite to start this run again")
+    old = read_record(config_path, "pass --overwrite to start this run again",
+                      lambda record: isinstance(record.get("epochs"), int))
     differences = [k for k in _config_differences(old, config.to_dict()) if k not in RESUMABLE_DIFFERENCES]
     if differences:
         raise UserError(
@@ -155,7 +153,15 @@ def check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> dict |
                 f"extending '{run_dir}' from {old['epochs']} to {config.epochs} epochs would move the lr drops "
                 f"from epochs {old_drops} to {new_drops}; give optimizer.lr_milestones in epochs "
                 f"({old_drops}) to keep them, or train into a new --out")
-    return read_state(run_dir)
+    state = read_state(run_dir)
+    folder = RunFolder(run_dir)
+    if state is None and any(folder.checkpoint(n).exists() for n in ("best", "last")):
+        # Its state/ was deleted (or never written): starting over would overwrite
+        # the finished checkpoints and history with a new run's.
+        raise UserError(f"'{run_dir}' holds checkpoints but no {folder.state.relative_to(run_dir)}, so the run "
+                        "cannot resume; pass --overwrite to train it again from epoch 1 (replacing its checkpoints "
+                        "and history), or choose another --out")
+    return state
 
 
 def create_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool, lock: RunFolderLock) -> None:
@@ -174,7 +180,8 @@ def create_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool, lock: Ru
 
 def read_state(run_dir: Path) -> dict | None:
     """The last completed epoch and best-so-far of a run, or None for a fresh one."""
-    return _read_record(RunFolder(run_dir).state, "pass --overwrite to start this run again")
+    return read_record(RunFolder(run_dir).state, "pass --overwrite to start this run again",
+                       lambda state: isinstance(state.get("epoch"), int) and state["epoch"] >= 0)
 
 
 def summarize(history: list[dict]) -> dict:
@@ -229,19 +236,6 @@ def selection_points(config: TrainConfig, bundle: DatasetBundle) -> dict:
             "train_indices": bundle.train_indices(evaluation.n_train, config.seed).tolist()}
 
 
-def read_selection_points(run_dir: Path) -> dict | None:
-    """The record ``selection_points`` wrote for a run, or None if there is none."""
-    return _read_record(RunFolder(run_dir).selection_points, "rerun the same sglr train command to rewrite it")
-
-
-def _read_record(path: Path, fix: str) -> dict | None:
-    """A JSON record of a run folder, None when absent; a corrupt one is refused with ``fix``."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"'{path}' is corrupt; {fix}")
 
 
 def start_from_checkpoint(classifier: keras.Model, path: str | Path) -> None:
@@ -262,7 +256,11 @@ def load_run_config(run_dir: Path) -> TrainConfig:
     path = RunFolder(run_dir).config
     if not path.is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.json); pass a folder written by sglr train")
-    return config_from_dict(json.loads(path.read_text()))
+    raw = read_record(path, "restore it, or pass --overwrite to sglr train to start the run again")
+    try:
+        return config_from_dict(raw)
+    except UserError as err:
+        raise UserError(f"'{path}' holds an invalid config ({err}); restore it, or start the run again")
 
 
 class RunFolderLock:
@@ -272,6 +270,20 @@ class RunFolderLock:
 
     def __init__(self):
         self._fd = None
+        # Whether this process made the folder (it then removes it if it stays empty).
+        self.created = False
+
+    def claim(self, path: Path) -> None:
+        """Make ``path`` (if new) and lock it at once, before anything is read or
+        written: of two runs started together on one new folder, one trains and
+        the other is refused."""
+        try:
+            fresh = not path.exists()
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create --out '{path}' ({err.strerror}); choose a writable folder")
+        self.acquire(path)
+        self.created = fresh  # only once the lock is ours
 
     def acquire(self, path: Path) -> None:
         if self._fd is not None or fcntl is None:
@@ -302,6 +314,11 @@ def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
     try:
         return _train(config, Path(out_dir), overwrite, console or Console(stderr=True), show_progress,
                       extra_callbacks, resume_from, lock)
+    except BaseException:
+        # A run that failed before writing anything leaves no folder behind.
+        if lock.created and Path(out_dir).is_dir() and not any(Path(out_dir).iterdir()):
+            Path(out_dir).rmdir()
+        raise
     finally:
         lock.release()
 
@@ -313,8 +330,8 @@ def _train(config, out_dir, overwrite, console, show_progress, extra_callbacks, 
     # Other workers write to a private folder that is removed at the end, as
     # TensorFlow's multi-worker guide recommends; only the chief's files remain.
     run_dir = out_dir if chief else out_dir / f".worker-{distribute.task_index()}"
-    if chief and out_dir.is_dir():
-        lock.acquire(out_dir)
+    if chief:
+        lock.claim(out_dir)
     # The chief's folder decides where a resumed run starts (shared storage for workers).
     state = check_run_dir(out_dir, config, overwrite) if chief else read_state(out_dir)
     initial_epoch = state["epoch"] if state else 0
@@ -332,9 +349,13 @@ def _train(config, out_dir, overwrite, console, show_progress, extra_callbacks, 
     dataset = train_dataset(bundle, config.batch_size, config.seed, config.epochs, initial_epoch, augment)
 
     with strategy.scope():
-        classifier = build_model(config.model.arch, bundle.input_shape, bundle.num_classes, config.model.width,
-                                 config.model.sync_batchnorm, config.precision, config.model.init,
-                                 config.model.padding)
+        try:
+            classifier = build_model(config.model.arch, bundle.input_shape, bundle.num_classes, config.model.width,
+                                     config.model.sync_batchnorm, config.precision, config.model.init,
+                                     config.model.padding)
+        except ValueError as err:  # Keras refuses a layer whose output would be empty
+            raise UserError(f"{config.model.arch} cannot take {'x'.join(map(str, bundle.input_shape))} images "
+                            f"({str(err).strip().splitlines()[0][:160]}); use larger images or another --arch")
         trainer = build_trainer(classifier, config, bundle.y_train, bundle.num_classes)
         jit = resolve_jit(config)
         trainer.compile(optimizer=make_optimizer(config, steps), jit_compile=jit)
