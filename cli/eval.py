@@ -46,7 +46,8 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     from sglr_keras.config import _fraction, _check_range
     from sglr_keras.data import load_dataset
     from sglr_keras.errors import UserError
-    from sglr_keras.evaluation import ALL, EvaluationSpec, run_evaluation
+    from sglr_keras.evaluation import ALL
+    from sglr_keras.evaluation import evaluate as evaluate_model
     from sglr_keras.io import atomic_write_text
 
     run = checkpoints.run_info_for(checkpoint)
@@ -107,29 +108,28 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
         def on_attack_start(name, n_points):
             progress.reset(task, total=n_points, description=name)
 
-        spec = EvaluationSpec(tuple(attacks), eps, norm, steps, step_size, batch_size, aa_version, seed, diagnose)
-        results = run_evaluation(model, x, y, spec, on_attack_start, lambda n: progress.advance(task, n))
-    results.update({"checkpoint": str(checkpoint), "dataset": dataset, "seed": seed})
+        report = evaluate_model(model, x, y, attacks, eps, norm, steps, step_size, batch_size, aa_version, seed,
+                                diagnose, on_attack_start, lambda n: progress.advance(task, n))
+    results = {**report.to_dict(), "checkpoint": str(checkpoint), "dataset": dataset, "seed": seed}
 
     table = Table(title=f"{checkpoint} on {dataset} ({len(y)} test points, {norm} eps {eps:.4g})")
     table.add_column("attack")
     table.add_column("accuracy", justify="right")
     table.add_column("seconds", justify="right")
-    table.add_row("clean", f"{results['clean_accuracy']:.2%}", "")
-    for name, detail in results["attacks"].items():
-        if name == "autoattack":
-            for stage in results["autoattack"]["stages"]:
-                table.add_row(f"  AA after {stage['attack']}", f"{stage['robust_accuracy_after']:.2%}",
-                              f"{stage['seconds']:.1f}")
-        label = results["autoattack"]["label"] if name == "autoattack" else name
-        table.add_row(label, f"{detail['robust_accuracy']:.2%}", f"{detail['seconds']:.1f}")
-    if "worst_case_robust_accuracy" in results:
-        table.add_row("worst case", f"{results['worst_case_robust_accuracy']:.2%}", "")
+    table.add_row("clean", f"{report.clean_accuracy:.2%}", "")
+    for outcome in report.attacks:
+        if outcome.name == "autoattack":
+            for stage in report.autoattack_stages:
+                table.add_row(f"  AA after {stage.attack}", f"{stage.robust_accuracy_after:.2%}", f"{stage.seconds:.1f}")
+        label = report.autoattack_label if outcome.name == "autoattack" else outcome.name
+        table.add_row(label, f"{outcome.robust_accuracy:.2%}", f"{outcome.seconds:.1f}")
+    if report.worst_case_robust_accuracy is not None:
+        table.add_row("worst case", f"{report.worst_case_robust_accuracy:.2%}", "")
     # With --json - the JSON is what goes to standard output; the table to stderr.
     (console if json_path == "-" else results_console).print(table)
-    for note in results.get("autoattack", {}).get("notes", []):
+    for note in report.autoattack_notes:
         console.print(f"note: {note}", highlight=False)
-    for check in results.get("diagnostics", []):
+    for check in report.diagnostics:
         mark = "[bold yellow]WARNING[/]" if check["flagged"] else "[green]ok[/]"
         console.print(f"{mark} {check['message']}", highlight=False, soft_wrap=True)
     settings = {"dataset": dataset, "data_dir": data_dir, "n_examples": int(len(y)), "eps": eps, "norm": norm,

@@ -53,6 +53,8 @@ class EvaluationReport:
     worst_case_robust_accuracy: float | None = None
     autoattack_label: str | None = None
     autoattack_stages: tuple[AutoAttackStage, ...] = ()
+    autoattack_version: str | None = None
+    autoattack_notes: tuple[str, ...] = ()
     diagnostics: tuple[Mapping[str, Any], ...] = ()
 
     def robust_accuracy(self, attack: str) -> float:
@@ -76,7 +78,8 @@ class EvaluationReport:
         if self.worst_case_robust_accuracy is not None:
             result["worst_case_robust_accuracy"] = self.worst_case_robust_accuracy
         if self.autoattack_stages:
-            result["autoattack"] = {"label": self.autoattack_label,
+            result["autoattack"] = {"version": self.autoattack_version, "label": self.autoattack_label,
+                                    "notes": list(self.autoattack_notes),
                                     "stages": [vars(stage) for stage in self.autoattack_stages]}
         if self.diagnostics:
             result["diagnostics"] = [dict(check) for check in self.diagnostics]
@@ -110,4 +113,5 @@ class EvaluationReport:
         return cls(int(results["n_examples"]), str(results["norm"]), float(results["eps"]),
                    float(results["clean_accuracy"]), float(results.get("ece", 0.0)), attacks,
                    results.get("worst_case_robust_accuracy"), autoattack.get("label"), stages,
+                   autoattack.get("version"), tuple(autoattack.get("notes", [])),
                    tuple(MappingProxyType(dict(c)) for c in results.get("diagnostics", [])))

@@ -92,3 +92,31 @@ def test_budget_check_refuses_out_of_ball_points():
 def test_attack_constructors_refuse_settings_they_would_misread(make, words):
     with pytest.raises(ValueError, match=words):
         make()
+
+
+def test_per_example_starts_are_vectorised_and_independent_of_the_batch(caplog):
+    import logging
+
+    import tensorflow as tf
+
+    from sglr_keras.attacks.training import example_noise
+
+    x = tf.zeros([64, 8, 8, 3])
+    seeds = tf.stack([tf.fill([64], tf.constant(1_000_003 * 7 + 3, tf.int64)), tf.range(64, dtype=tf.int64)], 1)
+    with caplog.at_level(logging.WARNING):
+        uniform = tf.function(lambda s: example_noise(x, s, "uniform"))(seeds).numpy()
+        normal = tf.function(lambda s: example_noise(x, s, "normal"))(seeds).numpy()
+    assert "while_loop" not in caplog.text
+    # Example 9 draws the same start alone, or at another place in another batch.
+    alone = example_noise(x[:1], seeds[9:10], "uniform").numpy()
+    moved = example_noise(x[:2], tf.reverse(seeds[8:10], [0]), "uniform").numpy()
+    np.testing.assert_array_equal(uniform[9], alone[0])
+    np.testing.assert_array_equal(uniform[9], moved[0])
+    # The distributions: U(-1, 1) (mean 0, sd 1/sqrt(3)) and N(0, 1), on 12,288 draws each.
+    assert abs(uniform.mean()) < 0.02 and abs(uniform.std() - 1 / np.sqrt(3)) < 0.01
+    assert uniform.min() >= -1 and uniform.max() < 1
+    assert abs(normal.mean()) < 0.03 and abs(normal.std() - 1) < 0.02
+    # Another step (first seed) gives other numbers; examples are uncorrelated.
+    other = example_noise(x, seeds + tf.constant([[1, 0]], tf.int64), "uniform").numpy()
+    assert abs(np.corrcoef(uniform.ravel(), other.ravel())[0, 1]) < 0.03
+    assert abs(np.corrcoef(uniform[0].ravel(), uniform[1].ravel())[0, 1]) < 0.1

@@ -155,7 +155,8 @@ def test_a_corrupt_record_is_refused_by_every_command_naming_the_file(trained, t
         assert (command, name) in {("report", "state/state.json"), ("report", "selection_points.json"),
                                    ("report", "run.json"), ("eval", "state/state.json"),
                                    ("eval", "history.jsonl"), ("train", "run.json"),
-                                   ("train", "selection_points.json"), ("report", "config.json")}, result.output  # a finished run: nothing to do
+                                   ("train", "selection_points.json"),  # a finished run: nothing to do
+                                   ("report", "config.json")}, result.output
         return
     _refused(result, name.split("/")[-1], "corrupt")
 

@@ -117,3 +117,41 @@ def test_aa_report_names_who_attacked_each_checkpoint_and_refuses_other_points(t
         "pgd-at__last": {**aa(1 / 3), "test_indices": [3, 1, 5]}})
     with pytest.raises(SystemExit, match="not the final evaluation's points"):
         rows(runs, load_results([other]))
+
+
+def test_the_authors_loop_network_has_our_parameter_count():
+    pytest.importorskip("torch")
+    from authors_loop import PreActResNet18  # builds only: no training in a TensorFlow process
+
+    for shape, width in (((28, 28, 1), 0.25), ((32, 32, 3), 0.5)):
+        theirs = sum(p.numel() for p in PreActResNet18(shape[-1], 10, width).parameters())
+        ours = build_model("preact_resnet18", shape, 10, width=width)
+        assert theirs == sum(int(np.prod(w.shape)) for w in ours.trainable_weights)
+
+
+def test_the_authors_loop_trains_on_a_run_folders_data(tmp_path):
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    from tests.conftest import run_cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text("method: sglr\nepochs: 2\nbatch_size: 32\ndata: {dataset: synthetic, train_subset: 64}\n"
+                      "model: {arch: preact_resnet18, width: 0.125}\nattack: {eps: 8/255, step_size: 2/255, steps: 1}\n"
+                      "sglr: {preset: reference-code, warmup_epochs: 1}\n"
+                      "evaluation: {n_test: 16, n_train: 16, pgd_steps: 1, batch_size: 64}\n")
+    assert run_cli("train", "--config", config, "--out", tmp_path / "run").exit_code == 0
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_bridge" / "export_run_data.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "--out", str(tmp_path / "d.npz"),
+                    "--final-points", "16"], check=True, capture_output=True)
+    with np.load(tmp_path / "d.npz") as data:
+        assert (len(data["y_train"]), len(data["y_select"]), len(data["y_final"])) == (64, 16, 16)
+    # PyTorch and TensorFlow each bring their own OpenMP/oneDNN: never both in one process.
+    subprocess.run([sys.executable, str(script.with_name("authors_loop.py")), str(tmp_path / "d.npz"), "--loss",
+                    "sgls", "--es", "2", "--out", str(tmp_path / "curve.jsonl")], check=True, capture_output=True)
+    lines = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
+    epochs = [r for r in lines if "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2] and "test_robust_acc" in epochs[-1]
+    assert epochs[0]["table_entropy"] < 1e-6 < epochs[1]["table_entropy"]  # refining from epoch 2 (es)
+    assert set(lines[-1]["final"]) == {"best", "last"}

@@ -26,16 +26,49 @@ TRADES_INIT_STD = 0.001
 START_DISTRIBUTIONS = ("uniform", "normal")
 
 
+# splitmix64 (Steele, Lea & Flood 2014): a counter-based hash whose outputs pass
+# BigCrush; one call hashes every (example, element) pair of a batch at once.
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _splitmix(z):
+    def shift(v, n):
+        return tf.bitwise.right_shift(v, tf.constant(n, tf.uint64))
+
+    z = tf.bitwise.bitwise_xor(z, shift(z, 30)) * tf.constant(_MIX1, tf.uint64)
+    z = tf.bitwise.bitwise_xor(z, shift(z, 27)) * tf.constant(_MIX2, tf.uint64)
+    return tf.bitwise.bitwise_xor(z, shift(z, 31))
+
+
+def _example_uniforms(seeds, count, offset=0):
+    """U[0, 1) of shape (N, count): element j of example n is a pure function of
+    ``seeds[n]`` (run seed and step, example id) and j, so an example draws the
+    same numbers whatever the batch it is in, the replica layout or a resume."""
+    seeds = tf.cast(seeds, tf.uint64)
+    golden = tf.constant(_GOLDEN, tf.uint64)
+    key = _splitmix(tf.bitwise.bitwise_xor(_splitmix(seeds[:, 0] * golden + 1), seeds[:, 1]))
+    counters = tf.cast(tf.range(count), tf.uint64) + tf.constant(offset + 1, tf.uint64)
+    bits = _splitmix(key[:, None] + counters[None, :] * golden)
+    # The top 24 bits: exact in float32.
+    return tf.cast(tf.bitwise.right_shift(bits, tf.constant(40, tf.uint64)), tf.float32) * (1.0 / 2**24)
+
+
 def example_noise(x, seeds, distribution: str):
-    """Noise shaped like ``x``: U(-1, 1) or N(0, 1), one stateless seed per example."""
+    """Noise shaped like ``x``: U(-1, 1) or N(0, 1), from one stateless seed per
+    example (a vectorised counter-based draw; no per-example loop)."""
     if seeds is None:
         if distribution == "uniform":
             return tf.random.uniform(tf.shape(x), -1.0, 1.0, dtype=x.dtype)
         return tf.random.normal(tf.shape(x), dtype=x.dtype)
-    shape = tf.shape(x)[1:]
+    count = tf.reduce_prod(tf.shape(x)[1:])
     if distribution == "uniform":
-        return tf.vectorized_map(lambda seed: tf.random.stateless_uniform(shape, seed, -1.0, 1.0, x.dtype), seeds)
-    return tf.vectorized_map(lambda seed: tf.random.stateless_normal(shape, seed, dtype=x.dtype), seeds)
+        noise = 2.0 * _example_uniforms(seeds, count) - 1.0
+    else:  # Box-Muller on two independent uniform streams
+        u1 = 1.0 - _example_uniforms(seeds, count)  # in (0, 1]: log is finite
+        u2 = _example_uniforms(seeds, count, offset=2**40)
+        noise = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * 3.141592653589793 * u2)
+    return tf.cast(tf.reshape(noise, tf.shape(x)), x.dtype)
 
 
 class NoAttack:
