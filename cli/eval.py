@@ -43,7 +43,8 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     import keras
 
     from sglr_keras import checkpoints
-    from sglr_keras.config import _fraction, _check_range
+    from sglr_keras.attacks.budget import budget_problem
+    from sglr_keras.config import _fraction
     from sglr_keras.data import load_dataset
     from sglr_keras.errors import UserError
     from sglr_keras.evaluation import ALL
@@ -58,10 +59,11 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
         raise UserError("--norm L2 needs --eps (an L2 radius, e.g. 0.5 for CIFAR): the run's training eps is an "
                         "L-inf radius")
     eps = _fraction(eps, "--eps") if eps is not None else run.get("config", {}).get("attack", {}).get("eps", 8 / 255)
-    _check_range("--eps", eps, 0.0, 1.0 if norm == "Linf" else 1e4, lo_open=True)
     step_size = _fraction(step_size, "--step-size") if step_size is not None else None
-    if step_size is not None:
-        _check_range("--step-size", step_size, 0.0, 1e4, lo_open=True)
+    for flag, problem in (("--eps", budget_problem(eps=eps, norm=norm)),
+                          ("--step-size", budget_problem(step_size=step_size))):
+        if problem:
+            raise UserError(f"{flag}: {problem}")
     for flag, value in (("--n-examples", n_examples), ("--batch-size", batch_size), ("--steps", steps)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value} must be at least 1")

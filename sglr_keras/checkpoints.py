@@ -10,7 +10,8 @@ from pathlib import Path
 import keras
 
 from sglr_keras.errors import UserError
-from sglr_keras.run_folder import RunFolder, read_record, read_selection_points
+from sglr_keras.runs import folder as runs_folder
+from sglr_keras.runs.folder import RunFolder, read_record, read_selection_points
 
 
 def load_classifier(path: str | Path):
@@ -78,7 +79,7 @@ def run_info_for(checkpoint: str | Path) -> dict:
 
 
 def evaluation_record_path(checkpoint: str | Path) -> Path:
-    return Path(str(checkpoint) + ".eval.json")
+    return runs_folder.evaluation_record_path(checkpoint)
 
 
 def checkpoint_digest(checkpoint: str | Path) -> str:

@@ -141,8 +141,14 @@ class AttackConfig:
     random_start: bool = True
 
     def validate(self) -> None:
-        _check_range("attack.eps", self.eps, 0.0, 1.0)
-        _check_range("attack.step_size", self.step_size, 0.0, 1.0)
+        from sglr_keras.attacks.budget import budget_problem
+
+        # The attacks' own rule (the per-epoch evaluation attacks with this eps
+        # whatever the method), so a config accepted here never fails later.
+        for key, problem in (("attack.eps", budget_problem(eps=self.eps)),
+                             ("attack.step_size", budget_problem(step_size=self.step_size))):
+            if problem:
+                raise UserError(f"config key '{key}': {problem}")
         _check_int("attack.steps", self.steps, 0, MAX_STEPS)
 
 

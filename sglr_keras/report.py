@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sglr_keras.errors import UserError  # noqa: E402
+from sglr_keras.runs import RunFolder  # noqa: E402
 from sglr_keras.training.callbacks import read_history  # noqa: E402
 from sglr_keras.training.run import summarize  # noqa: E402
 
@@ -31,7 +32,8 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict]]:
     for run_dir in map(Path, run_dirs):
         history = read_history(run_dir)
         if not history:
-            raise UserError(f"'{run_dir}' has no history.jsonl; pass run folders written by sglr train")
+            raise UserError(f"'{run_dir}' has no {RunFolder(run_dir).history_jsonl.name}; pass run folders written "
+                            "by sglr train")
         runs[run_dir.name if run_dir.name not in runs else str(run_dir)] = history
     return runs
 

@@ -73,7 +73,7 @@ def _aa_result_file(path, suite, device, models):
 def test_aa_report_names_who_attacked_each_checkpoint_and_refuses_other_points(tmp_path):
     from aa_report import load_results, markdown, rows
 
-    from sglr_keras.reproduce.final import points_digest
+    from sglr_keras.runs import points_digest
 
     indices = [3, 1, 4]
     runs = tmp_path / "runs"

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sglr_keras.reproduce.final import points_digest
+from sglr_keras.runs import points_digest
 from sglr_keras.reproduce.report import PAIRED_COLUMNS, SEED_SUFFIX, mean_and_spread, paired_differences
 
 

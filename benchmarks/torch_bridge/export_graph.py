@@ -97,8 +97,8 @@ def main():
     from sglr_keras import checkpoints
     from sglr_keras.data import load_dataset
     from sglr_keras.errors import UserError
-    from sglr_keras.reproduce.final import final_test_indices
-    from sglr_keras.training.run import read_selection_points
+    from sglr_keras.runs import final_test_indices
+    from sglr_keras.runs import read_selection_points
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,5 @@
 """Per-example losses that attacks ascend. All take logits (N, C) and int labels (N,)."""
 
-import math
 
 import tensorflow as tf
 
@@ -9,14 +8,9 @@ def check_attack_settings(name: str, eps: float, norm: str = "Linf", **counts: i
     """Refuse settings an attack would silently misread: a norm other than Linf/L2,
     an eps that is not a finite positive number (at most 1 for L-inf), counts
     (iterations, restarts, queries, targets) below 1."""
-    if norm not in ("Linf", "L2"):
-        raise ValueError(f"{name}: norm must be Linf or L2, got {norm!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0 \
-            or (norm == "Linf" and eps > 1):
-        raise ValueError(f"{name}: eps must be a finite number in (0, {'1' if norm == 'Linf' else 'inf'}), got {eps!r}")
-    for key, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: {key} must be a whole number >= 1, got {value!r}")
+    from sglr_keras.attacks.budget import check_budget
+
+    check_budget(name, eps, norm, **counts)
 
 
 def cross_entropy(logits, labels):

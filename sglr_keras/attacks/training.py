@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from sglr_keras.attacks.budget import check_budget
 from sglr_keras.attacks.losses import cross_entropy, kl_divergence
 from sglr_keras.attacks.pgd import ascend
 
@@ -136,10 +137,7 @@ class TradesKL:
 
 
 def _check_budget(eps, step_size, steps) -> None:
-    # NaN fails every comparison, so these also refuse it.
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"eps must be in [0, 1], got {eps}")
-    if not step_size >= 0.0:
-        raise ValueError(f"step_size must be >= 0, got {step_size}")
-    if not (isinstance(steps, int) and steps >= 0):
-        raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
+    # The shared rule; steps 0 is allowed here (no attack: standard training).
+    check_budget("training attack", eps, "Linf", step_size)
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+        raise ValueError(f"training attack: steps must be a whole number >= 0, got {steps!r}")

@@ -3,7 +3,6 @@ disjoint from the ones that picked the best epoch, cached beside the checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -13,11 +12,13 @@ from sglr_keras.attacks import ALL
 from sglr_keras.config import TrainConfig
 from sglr_keras.errors import UserError
 from sglr_keras.io import atomic_write_text
+from sglr_keras.runs import final_test_indices, points_digest  # noqa: F401 (re-exported for callers)
+from sglr_keras.runs.folder import final_record_path
 from sglr_keras.reproduce.experiment import FinalEvaluation
 
 
 def final_evaluation_path(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".final.json")
+    return final_record_path(checkpoint)
 
 
 # The settings that decide a cached final evaluation's numbers.
@@ -45,7 +46,7 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
 
     from sglr_keras.checkpoints import checkpoint_digest, load_classifier
     from sglr_keras.evaluation import EvaluationSpec, run_evaluation
-    from sglr_keras.training.run import read_selection_points
+    from sglr_keras.runs import read_selection_points
 
     attacks = final_attacks(final, run or checkpoint.parent.name, checkpoint.stem)
     selection = read_selection_points(checkpoint.parent)
@@ -94,20 +95,5 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
     results["test_indices_digest"] = points_digest(indices.tolist())
     atomic_write_text(cache, json.dumps(results, indent=2))
     return results
-
-
-def final_test_indices(bundle, run_dir: Path, selection: dict | None, n_examples: int, seed: int):
-    """The final attacks' points: ``n_examples`` seeded test points outside the
-    ones the run recorded as picking its best epoch (``selection``, its
-    ``selection_points.json``)."""
-    if selection is None:
-        raise UserError(f"'{run_dir}' has no selection_points.json, so the points that picked the best "
-                        "epoch are unknown; rerun the same sglr train command in that folder to write it")
-    return bundle.test_indices(n_examples, seed, exclude=selection["test_indices"])
-
-
-def points_digest(values: list[int]) -> str:
-    """A short fingerprint of a list of test indices, as the final-evaluation records carry it."""
-    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
 
 

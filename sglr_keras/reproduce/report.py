@@ -11,6 +11,7 @@ from sglr_keras.config import SGLR_METHODS, TrainConfig
 from sglr_keras.io import atomic_write_text
 from sglr_keras.reproduce.experiment import CHECKPOINTS, Experiment
 from sglr_keras.reproduce.final import final_evaluation_path
+from sglr_keras.runs import RunFolder
 
 def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict[str, dict]) -> dict:
     """One row of the results: training curve facts and the final attacks."""
@@ -244,7 +245,7 @@ def write_report(experiment: Experiment, runs_dir: Path, report_dir: Path, comma
     for name in experiment.runs:
         run_dir = runs_dir / name
         config = experiment.run_config(name)
-        state = run_dir / "summary.json"
+        state = RunFolder(run_dir).summary
         if not state.is_file():
             continue
         evaluations = {}

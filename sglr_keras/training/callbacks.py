@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sglr_keras import evaluation, sglr
 from sglr_keras.attacks.pgd import PGD
 from sglr_keras.io import atomic_write_text, atomic_save_model, atomic_save_weights
-from sglr_keras.run_folder import RunFolder
+from sglr_keras.runs.folder import RunFolder
 
 
 # Evaluation seeds are seed * stride + epoch: distinct for every (seed, epoch < stride).

@@ -1,6 +1,6 @@
 """``train(config, out_dir)``: one training run, from data to checkpoints.
 
-The run folder's layout is :class:`sglr_keras.run_folder.RunFolder`. This module
+The run folder's layout is :class:`sglr_keras.runs.RunFolder`. This module
 is also the one place that maps a config to the trainer's parts
 (:func:`build_attack`, :func:`build_objective`): no other module compares method
 names.
@@ -9,7 +9,6 @@ names.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -25,22 +24,18 @@ from rich.console import Console
 from sglr_keras import distribute
 from sglr_keras.attacks.pgd import PGD
 from sglr_keras.attacks.training import NoAttack, TradesKL, TrainingPGD
-from sglr_keras.config import TrainConfig, config_from_dict
+from sglr_keras.config import TrainConfig
 from sglr_keras.data import DatasetBundle, load_dataset
 from sglr_keras.data.pipeline import steps_per_epoch, train_dataset
-from sglr_keras.errors import Interrupted, RunFolderBusy, UserError
+from sglr_keras.errors import Interrupted, UserError
 from sglr_keras.io import atomic_write_text
 from sglr_keras.models import build_model
-from sglr_keras.run_folder import RunFolder, read_record, read_selection_points  # noqa: F401 (re-exported)
+from sglr_keras.runs import (RunFolder, RunFolderLock, check_run_dir, create_run_dir, load_run_config,  # noqa: F401
+                             read_json, read_selection_points, read_state, selection_points)
 from sglr_keras.training import objectives
 from sglr_keras.training.callbacks import (EpochEvaluation, InterruptAtStepEnd, NonFiniteGuard, NonFiniteLossError,
                                            RichProgress, RunRecorder, read_history, write_history)
 from sglr_keras.training.trainer import AdversarialTrainer
-
-# Extending a finished run (more epochs) is a resume, not a different experiment,
-# as long as the learning-rate drops stay where they were (see check_run_dir);
-# XLA is how the same step is compiled, not what it computes.
-RESUMABLE_DIFFERENCES = {"epochs", "jit_compile"}
 
 
 # --- config -> trainer parts (the only place that reads method names) -----------
@@ -113,77 +108,6 @@ def resolve_jit(config: TrainConfig) -> bool:
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
-def _config_differences(old: dict, new: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
-    """Dotted keys whose values differ; a key that an older version did not write
-    counts as unchanged while the new value is its default."""
-    defaults = TrainConfig().to_dict() if defaults is None else defaults
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        default = defaults.get(key) if isinstance(defaults, dict) else None
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _config_differences(a, b, f"{prefix}{key}.", default if isinstance(default, dict) else {})
-        elif key not in old and b == default:
-            continue
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
-def check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> dict | None:
-    """The state of a run to resume in ``run_dir`` (None for a fresh start).
-    Refuses a folder holding a run with another config unless ``overwrite``, and
-    an extension (more epochs) that would move the learning-rate drops. Writes nothing."""
-    config_path = RunFolder(run_dir).config
-    if not config_path.is_file() or overwrite:
-        return None
-    old = read_record(config_path, "pass --overwrite to start this run again",
-                      lambda record: isinstance(record.get("epochs"), int))
-    differences = [k for k in _config_differences(old, config.to_dict()) if k not in RESUMABLE_DIFFERENCES]
-    if differences:
-        raise UserError(
-            f"--out '{run_dir}' holds a run with a different config ({', '.join(differences[:3])} differ); "
-            "choose another --out, or pass --overwrite to replace it"
-        )
-    if old.get("epochs") != config.epochs:
-        old_drops = config.optimizer.milestone_epochs(old["epochs"])
-        new_drops = config.optimizer.milestone_epochs(config.epochs)
-        if old_drops != new_drops:
-            raise UserError(
-                f"extending '{run_dir}' from {old['epochs']} to {config.epochs} epochs would move the lr drops "
-                f"from epochs {old_drops} to {new_drops}; give optimizer.lr_milestones in epochs "
-                f"({old_drops}) to keep them, or train into a new --out")
-    state = read_state(run_dir)
-    folder = RunFolder(run_dir)
-    if state is None and any(folder.checkpoint(n).exists() for n in ("best", "last")):
-        # Its state/ was deleted (or never written): starting over would overwrite
-        # the finished checkpoints and history with a new run's.
-        raise UserError(f"'{run_dir}' holds checkpoints but no {folder.state.relative_to(run_dir)}, so the run "
-                        "cannot resume; pass --overwrite to train it again from epoch 1 (replacing its checkpoints "
-                        "and history), or choose another --out")
-    return state
-
-
-def create_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool, lock: RunFolderLock) -> None:
-    """Make the run folder, hold its lock, and write its config; with
-    ``overwrite``, first remove the artefacts of the run that was there."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock.acquire(run_dir)
-        if overwrite:
-            for target in RunFolder(run_dir).artefacts:
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        atomic_write_text(RunFolder(run_dir).config, json.dumps(config.to_dict(), indent=2))
-    except OSError as err:
-        raise UserError(f"cannot write to --out '{run_dir}' ({err.strerror}); choose a writable folder")
-
-
-def read_state(run_dir: Path) -> dict | None:
-    """The last completed epoch and best-so-far of a run, or None for a fresh one."""
-    return read_record(RunFolder(run_dir).state, "pass --overwrite to start this run again",
-                       lambda state: isinstance(state.get("epoch"), int) and state["epoch"] >= 0)
-
-
 def summarize(history: list[dict]) -> dict:
     """Best (by test robust accuracy) and last epoch, and the robust-overfitting gap."""
     if not history:
@@ -219,25 +143,6 @@ def run_facts(config: TrainConfig, bundle: DatasetBundle, extended_from: list[in
     return facts
 
 
-def selection_size(n_test: int, test_size: int) -> int:
-    """How many test points pick the best epoch: ``evaluation.n_test``, but at most
-    half the test set, so that ``sglr eval`` and ``reproduce`` always have points
-    the selection has not seen (on scikit-learn's digits, 359 test points, the
-    default 1000 would otherwise take every one of them)."""
-    return min(n_test, test_size // 2)
-
-
-def selection_points(config: TrainConfig, bundle: DatasetBundle) -> dict:
-    """The points of the per-epoch evaluation: the test points pick the best epoch,
-    so final attacks must avoid them (``reproduce`` reads this record)."""
-    evaluation = config.evaluation
-    n_test = selection_size(evaluation.n_test, len(bundle.y_test))
-    return {"seed": config.seed, "test_indices": bundle.test_indices(n_test, config.seed).tolist(),
-            "train_indices": bundle.train_indices(evaluation.n_train, config.seed).tolist()}
-
-
-
-
 def start_from_checkpoint(classifier: keras.Model, path: str | Path) -> None:
     """Copy the weights of a ``.keras`` classifier of the same architecture."""
     from sglr_keras.checkpoints import load_classifier
@@ -250,57 +155,6 @@ def start_from_checkpoint(classifier: keras.Model, path: str | Path) -> None:
         raise UserError(f"--resume-from '{path}' has a different architecture or class count than the "
                         "configured model; start from a checkpoint of the same --arch and data set")
     classifier.set_weights(source.get_weights())
-
-
-def load_run_config(run_dir: Path) -> TrainConfig:
-    path = RunFolder(run_dir).config
-    if not path.is_file():
-        raise UserError(f"'{run_dir}' is not a run folder (no config.json); pass a folder written by sglr train")
-    raw = read_record(path, "restore it, or pass --overwrite to sglr train to start the run again")
-    try:
-        return config_from_dict(raw)
-    except UserError as err:
-        raise UserError(f"'{path}' holds an invalid config ({err}); restore it, or start the run again")
-
-
-class RunFolderLock:
-    """One training process per run folder: two writing the same checkpoints and
-    history would leave files from both. An exclusive ``flock`` on the folder
-    itself, released when the process ends, however it ends."""
-
-    def __init__(self):
-        self._fd = None
-        # Whether this process made the folder (it then removes it if it stays empty).
-        self.created = False
-
-    def claim(self, path: Path) -> None:
-        """Make ``path`` (if new) and lock it at once, before anything is read or
-        written: of two runs started together on one new folder, one trains and
-        the other is refused."""
-        try:
-            fresh = not path.exists()
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot create --out '{path}' ({err.strerror}); choose a writable folder")
-        self.acquire(path)
-        self.created = fresh  # only once the lock is ours
-
-    def acquire(self, path: Path) -> None:
-        if self._fd is not None or fcntl is None:
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunFolderBusy(f"'{path}' is being written by another sglr process; wait for it to finish "
-                            "(it resumes from the same folder), or choose another --out")
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def train(config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
@@ -378,9 +232,9 @@ def _train(config, out_dir, overwrite, console, show_progress, extra_callbacks, 
 
     # Everything the run needs exists and fits: from here on the run folder is written.
     folder = RunFolder(run_dir)
-    previous_facts = _read_json(folder.facts) if state else {}
+    previous_facts = read_json(folder.facts) if state else {}
     extended_from = list(previous_facts.get("extended_from_epochs", []))
-    previous_epochs = _read_json(folder.config).get("epochs") if state else None
+    previous_epochs = read_json(folder.config).get("epochs") if state else None
     if chief and not state:
         create_run_dir(run_dir, config, overwrite, lock)
     elif not chief:
@@ -453,8 +307,3 @@ def evaluated_epochs(config: TrainConfig) -> set[int]:
     return epochs
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}

@@ -71,9 +71,20 @@ class RunFolder:
     def artefacts(self) -> tuple[Path, ...]:
         """Everything a run writes (what ``--overwrite`` removes)."""
         checkpoints = [self.checkpoint(n) for n in CHECKPOINT_NAMES]
-        records = [c.with_name(c.name + suffix) for c in checkpoints for suffix in (".eval.json", ".final.json")]
+        records = [record(c) for c in checkpoints for record in (evaluation_record_path, final_record_path)]
         return (self.config, self.facts, self.selection_points, self.history_csv, self.history_jsonl,
                 *checkpoints, *records, self.summary, self.state_dir)
+
+
+def evaluation_record_path(checkpoint) -> Path:
+    """What ``sglr eval`` measured on a checkpoint, beside it (also outside run folders)."""
+    return Path(str(checkpoint) + ".eval.json")
+
+
+def final_record_path(checkpoint) -> Path:
+    """The cached final attacks of ``sglr reproduce`` on a checkpoint, beside it."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + ".final.json")
 
 
 def read_record(path: Path, fix: str, valid=lambda record: True) -> dict | None:
