@@ -94,7 +94,7 @@ class RunFolderLock:
             fresh = not path.exists()
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"cannot create --out '{path}' ({err.strerror}); choose a writable folder")
+            raise UserError(f"cannot write to --out '{path}' ({err.strerror}); choose a writable folder")
         self.acquire(path)
         self.created = fresh  # only once the lock is ours
 
