@@ -50,6 +50,7 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     from sglr_keras.evaluation import ALL
     from sglr_keras.evaluation import evaluate as evaluate_model
     from sglr_keras.io import atomic_write_text
+    from sglr_keras.runs.points import held_out_indices
 
     run = checkpoints.run_info_for(checkpoint)
     dataset = dataset or run.get("run", {}).get("dataset")
@@ -96,7 +97,7 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
         console.print("warning: the test points include the ones this run used to pick its best epoch; "
                       "best.keras's accuracy on them is biased upwards", highlight=False)
         excluded = []
-    x, y = bundle.test_points(bundle.test_indices(n_examples, seed, exclude=excluded))
+    x, y = bundle.test_points(held_out_indices(bundle, excluded, n_examples, seed))
     if len(y) == 0:
         raise UserError(f"all {len(bundle.y_test)} test points of {dataset} picked this run's best epoch, so none is "
                         "left to evaluate on; retrain with a smaller evaluation.n_test, or pass "

@@ -56,3 +56,13 @@ def run_cli(*args):
     from sglr_keras.cli.main import with_commands
 
     return CliRunner().invoke(with_commands(), [str(a) for a in args])
+
+
+def train_once(tmp_path_factory, prefix: str, config_text: str, config_name: str = "c.yaml"):
+    """A folder holding ``config_name`` and the run ``run`` it trained (for module-scoped fixtures)."""
+    root = tmp_path_factory.mktemp(prefix)
+    config = root / config_name
+    config.write_text(config_text)
+    result = run_cli("train", "--config", config, "--out", root / "run")
+    assert result.exit_code == 0, result.output
+    return root

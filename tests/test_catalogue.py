@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_once
 
 TINY = ("method: pgd-at\nepochs: 2\nbatch_size: 64\ndata: {dataset: synthetic}\n"
         "model: {arch: small_cnn, width: 0.5}\nattack: {eps: 8/255, step_size: 2/255, steps: 1}\n"
@@ -109,12 +109,7 @@ def test_an_npz_may_declare_more_classes_than_it_uses(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    config = root / "c.yaml"
-    config.write_text(TINY)
-    result = run_cli("train", "--config", config, "--out", root / "run")
-    assert result.exit_code == 0, result.output
-    return root
+    return train_once(tmp_path_factory, "trained", TINY)
 
 
 EVAL_CASES = [

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sglr_keras.checkpoints import card_summary, headline_candidates
 from sglr_keras.config import TrainConfig, load_config
 from sglr_keras.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_once
 
 TINY = ("method: pgd-at\nepochs: 1\nbatch_size: 64\ndata: {dataset: synthetic}\n"
         "model: {arch: small_cnn, width: 0.25}\nattack: {eps: 8/255, step_size: 2/255, steps: 1}\n"
@@ -39,12 +39,7 @@ def _refused(result, *fragments):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile")
-    config = root / "tiny.yaml"
-    config.write_text(TINY)
-    result = run_cli("train", "--config", config, "--out", root / "run")
-    assert result.exit_code == 0, result.output
-    return root
+    return train_once(tmp_path_factory, "hostile", TINY, "tiny.yaml")
 
 
 # --- 1. the model card headlines the training threat model's evaluation --------

@@ -13,8 +13,9 @@ No other module spells a run-folder file name (``tests/test_runs.py`` checks).
 from sglr_keras.runs.folder import CHECKPOINT_NAMES, RunFolder, read_record, read_selection_points
 from sglr_keras.runs.lifecycle import (RESUMABLE_DIFFERENCES, RunFolderLock, check_run_dir, create_run_dir,
                                        load_run_config, read_json, read_state)
-from sglr_keras.runs.points import final_test_indices, points_digest, selection_points, selection_size
+from sglr_keras.runs.points import (final_test_indices, held_out_indices, points_digest, selection_points,
+                                    selection_size)
 
 __all__ = ["CHECKPOINT_NAMES", "RESUMABLE_DIFFERENCES", "RunFolder", "RunFolderLock", "check_run_dir", "create_run_dir",
-           "final_test_indices", "load_run_config", "points_digest", "read_json", "read_record", "read_selection_points",
+           "final_test_indices", "held_out_indices", "load_run_config", "points_digest", "read_json", "read_record", "read_selection_points",
            "read_state", "selection_points", "selection_size"]

@@ -37,7 +37,13 @@ def final_test_indices(bundle, run_dir: Path, selection: dict | None, n_examples
         name = RunFolder(run_dir).selection_points.name
         raise UserError(f"'{run_dir}' has no {name}, so the points that picked the best "
                         "epoch are unknown; rerun the same sglr train command in that folder to write it")
-    return bundle.test_indices(n_examples, seed, exclude=selection["test_indices"])
+    return held_out_indices(bundle, selection["test_indices"], n_examples, seed)
+
+
+def held_out_indices(bundle, selection_indices, n_examples: int, seed: int):
+    """``n_examples`` seeded test points outside ``selection_indices`` (the points
+    that picked a best epoch): the one rule behind sglr eval and the final attacks."""
+    return bundle.test_indices(n_examples, seed, exclude=list(selection_indices or []))
 
 
 def points_digest(values: list[int]) -> str:
