@@ -30,7 +30,8 @@ TINY = ("method: pgd-at\nepochs: 1\nbatch_size: 64\ndata: {dataset: synthetic}\n
 def _refused(result, *fragments):
     """One line naming the problem, exit 2, no traceback."""
     assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.output
     for fragment in fragments:
