@@ -36,8 +36,8 @@ def make_strategy(name: str, cpu_replicas: int = 1) -> tf.distribute.Strategy:
     if name == "multi-worker":
         if "TF_CONFIG" not in os.environ:
             raise UserError("--strategy multi-worker needs TF_CONFIG describing the cluster; see the README")
-        tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        with ClusterWatchdog(tf_config(), cluster_timeout()):
+            return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_physical_devices("GPU")
     cpu_devices = split_cpu(cpu_replicas) if cpu_replicas > 1 else []
     if name == "auto":
@@ -86,3 +86,84 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if "chief" in config.get("cluster", {}):
         return task.get("type") == "chief"
     return task.get("type", "worker") == "worker" and task.get("index", 0) == 0
+
+
+DEFAULT_CLUSTER_TIMEOUT = 300.0
+
+
+def cluster_timeout() -> float:
+    """Seconds to wait for every worker of a multi-worker run (``SGLR_CLUSTER_TIMEOUT``)."""
+    text = os.environ.get("SGLR_CLUSTER_TIMEOUT", str(DEFAULT_CLUSTER_TIMEOUT))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"SGLR_CLUSTER_TIMEOUT={text!r} must be a number of seconds > 0")
+    return value
+
+
+# Runs in a child process: while TensorFlow waits for the cluster the parent
+# holds the interpreter lock, so no thread of its own could speak or act.
+_WATCHDOG = """
+import json, os, select, signal, socket, sys, time
+parent, timeout, every = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+config = json.loads(sys.argv[4])
+def silent():
+    me, found = config.get("task", {}), []
+    for kind, addresses in config.get("cluster", {}).items():
+        for index, address in enumerate(addresses if isinstance(addresses, list) else []):
+            if kind == me.get("type", "worker") and index == me.get("index", 0):
+                continue
+            host, _, port = str(address).rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+            except (OSError, ValueError):
+                found.append(f"{kind} {index} at {address}")
+    return found
+deadline = time.monotonic() + timeout
+while True:
+    ready, _, _ = select.select([sys.stdin], [], [], max(0.0, min(every, deadline - time.monotonic())))
+    if ready:
+        sys.exit(0)  # the parent closed the pipe: the cluster formed (or the parent ended)
+    missing = silent()
+    if time.monotonic() < deadline:
+        if missing:
+            sys.stderr.write("waiting for the cluster to form: " + ", ".join(missing) + " not answering yet\\n")
+        continue
+    who = ", ".join(missing) if missing else "a worker that answers but never joins"
+    sys.stderr.write(f"error: the multi-worker cluster did not form within {timeout:.0f} s: {who}; start every "
+                     "worker with the same TF_CONFIG cluster and its own task index, or fix the address "
+                     "(SGLR_CLUSTER_TIMEOUT sets the wait)\\n")
+    sys.stderr.flush()
+    os.kill(parent, signal.SIGKILL)
+    sys.exit(2)
+"""
+
+
+class ClusterWatchdog:
+    """TensorFlow's multi-worker strategy waits until every worker has joined,
+    silently and holding the interpreter lock (so no Python thread or signal
+    handler runs). A child process says who is missing while it waits and ends
+    the waiting process when the cluster has not formed within ``timeout``
+    seconds, naming the workers that do not answer. (SIGTERM does not end the
+    wait: TensorFlow's multi-worker runtime takes SIGTERM for its own preemption
+    handling; the timeout does.)"""
+
+    def __init__(self, config: dict, timeout: float, report_every: float = 30.0):
+        self.config, self.timeout, self.report_every = config, timeout, report_every
+        self._child = None
+
+    def __enter__(self):
+        import subprocess
+        import sys
+
+        self._child = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.timeout), str(self.report_every),
+             json.dumps(self.config)], stdin=subprocess.PIPE)
+        return self
+
+    def __exit__(self, *exc):
+        self._child.stdin.close()
+        self._child.wait()
+        return False

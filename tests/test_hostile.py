@@ -324,3 +324,32 @@ def test_a_second_ctrl_c_and_sigterm_end_a_long_attack_step_within_seconds(tmp_p
     code = resumed.wait(timeout=60)
     assert time.time() - sent < 10 and code == 143, resumed.stderr.read()
     assert json.loads(state.read_text())["epoch"] >= 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _multi_worker(tmp_path, timeout):
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]},
+                 "task": {"type": "worker", "index": 0}}
+    env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "SGLR_CLUSTER_TIMEOUT": str(timeout),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(_sglr("train", "--strategy", "multi-worker", "--epochs", 1, "--out", tmp_path / "run"),
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return process, tf_config["cluster"]["worker"][1]
+
+
+def test_a_cluster_that_does_not_form_fails_naming_the_missing_worker(tmp_path):
+    process, missing = _multi_worker(tmp_path, timeout=4)
+    started = time.time()
+    code = process.wait(timeout=120)
+    stderr = process.stderr.read()
+    assert code != 0 and time.time() - started < 60
+    assert f"did not form within 4 s: worker 1 at {missing}" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "run").exists()
+
