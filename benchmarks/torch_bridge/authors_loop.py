@@ -165,11 +165,15 @@ def train(data: dict, loss_name: str, es: int, seed: int, alpha: float = 0.9, lo
         history.append(record)
         log(json.dumps(record))
     final = {}
-    for name, state in (("best", states["best"]), ("last", model.state_dict())):
+    # Copies: loading the best state writes into the tensors model.state_dict() returns.
+    states["last"] = {k: v.clone() for k, v in model.state_dict().items()}
+    for name in ("best", "last"):
+        state = states[name]
         model.load_state_dict(state)
         final[name] = dict(zip(("clean_acc", "pgd20_acc"), robust_accuracy(
             model, x_final, y_final, eps, eps / 4, 20, torch.Generator().manual_seed(0))))
-    history.append({"final": final, "best_epoch": best["epoch"]})
+    # last_state_copied: earlier versions attacked the best state twice (last == best).
+    history.append({"final": final, "best_epoch": best["epoch"], "last_state_copied": True})
     return history
 
 

@@ -32,8 +32,10 @@ def _ours(run_dir: Path) -> tuple[list[dict], dict]:
 def _theirs(path: Path) -> tuple[list[dict], dict]:
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     history = [line for line in lines if "epoch" in line]
-    final = next((line["final"] for line in lines if "final" in line), {})
-    return history, {k: v["pgd20_acc"] for k, v in final.items()}
+    record = next((line for line in lines if "final" in line), {})
+    if not record.get("last_state_copied"):
+        return history, {}  # an early version's final attacked the best state twice: not used
+    return history, {k: v["pgd20_acc"] for k, v in record["final"].items()}
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
