@@ -52,9 +52,11 @@ def _curve(histories: list[list[dict]], key: str) -> dict[int, list[float]]:
     return {e: v for e, v in by_epoch.items() if len(v) == len(histories)}
 
 
-def _fmt(values, scale):
+def _fmt(values, scale, digits=1):
     mean, sd = _stats(values)
-    return f"{scale * mean:.1f} +- {scale * sd:.1f}" if len(values) > 1 else f"{scale * mean:.1f}"
+    if len(values) > 1:
+        return f"{scale * mean:.{digits}f} +- {scale * sd:.{digits}f}"
+    return f"{scale * mean:.{digits}f}"
 
 
 def report(groups: dict[str, dict[str, list]], epochs: list[int]) -> tuple[str, dict]:
@@ -72,18 +74,31 @@ def report(groups: dict[str, dict[str, list]], epochs: list[int]) -> tuple[str, 
                 scale = 1 if key == "loss" else 100
                 for impl in impls:
                     values = curves[impl][key].get(epoch)
-                    cells.append(_fmt(values, scale) if values else "")
+                    cells.append(_fmt(values, scale, 2 if key == "loss" else 1) if values else "")
             if any(cells):
                 lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
-        lines += ["", "| implementation | seeds | best PGD-20 | last PGD-20 | best - last |", "| --- | --- | --- | --- | --- |"]
+        lines += ["", "| implementation | seeds | curve best (epoch) | curve last | curve best - last "
+                  "| final PGD-20 best | final PGD-20 last | final best - last |", "| --- |" + " --- |" * 7]
         for impl, runs in impls.items():
+            # The curve: held-out PGD-10 on the selection points, the same for both implementations.
+            curve_best, curve_last, best_epochs = [], [], []
+            for history, _ in runs:
+                evaluated = [r for r in history if r.get("test_robust_acc") is not None]
+                top = max(evaluated, key=lambda r: r["test_robust_acc"])
+                curve_best.append(top["test_robust_acc"])
+                curve_last.append(evaluated[-1]["test_robust_acc"])
+                best_epochs.append(top["epoch"])
+            curve_gap = [b - la for b, la in zip(curve_best, curve_last)]
             finals = [f for _, f in runs if "best" in f and "last" in f]
-            if not finals:
-                continue
             best, last = [f["best"] for f in finals], [f["last"] for f in finals]
             gap = [b - la for b, la in zip(best, last)]
-            lines.append(f"| {impl} | {len(finals)} | {_fmt(best, 100)} | {_fmt(last, 100)} | {_fmt(gap, 100)} |")
-            summary[method][impl] = {"best": best, "last": last, "gap": gap,
+            final_cells = ([_fmt(best, 100), _fmt(last, 100), _fmt(gap, 100)] if finals else ["", "", ""])
+            final_cells[0] += f" ({len(finals)} seeds)" if finals and len(finals) != len(runs) else ""
+            lines.append(f"| {impl} | {len(runs)} | {_fmt(curve_best, 100)} ({', '.join(map(str, best_epochs))}) | "
+                         f"{_fmt(curve_last, 100)} | {_fmt(curve_gap, 100)} | " + " | ".join(final_cells) + " |")
+            summary[method][impl] = {"curve_best": curve_best, "curve_last": curve_last, "curve_gap": curve_gap,
+                                     "best_epochs": best_epochs, "final_best": best, "final_last": last,
+                                     "final_gap": gap,
                                      "curves": {key: {str(e): v for e, v in curves[impl][key].items()}
                                                 for key, _ in CURVES}}
         lines.append("")
@@ -114,11 +129,13 @@ def plot(groups, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _parse(specs: list[str], reader) -> dict[str, list]:
+def _parse(specs: list[str], reader, epochs: int | None = None) -> dict[str, list]:
+    """Runs by method; with ``epochs``, only runs that reached that epoch (finished)."""
     groups = {}
     for spec in specs:
         method, _, paths = spec.partition("=")
-        groups[method] = [reader(Path(p)) for p in paths.split(",") if p and Path(p).exists()]
+        runs = [reader(Path(p)) for p in paths.split(",") if p and Path(p).exists()]
+        groups[method] = [r for r in runs if epochs is None or (r[0] and r[0][-1]["epoch"] >= epochs)]
     return groups
 
 
@@ -127,9 +144,10 @@ def main():
     parser.add_argument("--ours", action="append", default=[], help="METHOD=RUN_DIR,RUN_DIR,... (repeatable)")
     parser.add_argument("--theirs", action="append", default=[], help="METHOD=CURVE.jsonl,... (repeatable)")
     parser.add_argument("--epochs", default="2,4,6,10,16,20,26,30,36,40,46,50,56,60")
+    parser.add_argument("--finished", type=int, default=60, help="leave out runs that stopped before this epoch")
     parser.add_argument("--out", required=True, help="folder for parity.md, parity.json, parity.png")
     args = parser.parse_args()
-    ours, theirs = _parse(args.ours, _ours), _parse(args.theirs, _theirs)
+    ours, theirs = _parse(args.ours, _ours, args.finished), _parse(args.theirs, _theirs, args.finished)
     groups = {m: {"ours (Keras)": ours.get(m, []), "authors' loop (PyTorch)": theirs.get(m, [])}
               for m in dict.fromkeys([*ours, *theirs])}
     groups = {m: {impl: runs for impl, runs in impls.items() if runs} for m, impls in groups.items()}
