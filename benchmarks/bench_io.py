@@ -10,8 +10,22 @@ import tensorflow as tf
 def machine() -> dict:
     gpus = tf.config.list_physical_devices("GPU")
     names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-    return {"device": names[0] if names else f"CPU: {cpu_model()}", "cpus": os.cpu_count(),
+    return {"device": names[0] if names else f"CPU: {cpu_model()}", "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
             "platform": platform.platform(), "tensorflow": tf.__version__, "gpus": names}
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide low-precision speed (AVX-512, AVX512-BF16, AMX)."""
+    wanted = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in wanted if flag in present]
+    except OSError:
+        pass
+    return []
 
 
 def cpu_model() -> str:

@@ -101,6 +101,9 @@ def main():
     parser.add_argument("--jit", choices=["off", "on", "both"], default="off")
     parser.add_argument("--precisions", default="float32",
                         help="comma-separated: float32, mixed_bfloat16, mixed_float16")
+    parser.add_argument("--torch", action="store_true",
+                        help="also time the PyTorch reference PGD-AT step (torch_step.py; needs the bench extra) and "
+                             "report ours / best PyTorch per precision")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 
@@ -153,7 +156,38 @@ def main():
             base = results.get("pgd-at[float32]")
             if pgd and base and setting != "float32":
                 report["ratios"][f"pgd_at_speedup[{setting}]"] = base["seconds_per_step"] / pgd["seconds_per_step"]
+    if args.torch:
+        report["torch"] = torch_reference(args, precisions)
+        for precision in precisions:
+            ours = results.get(f"pgd-at[{precision}]")
+            torch_precision = TORCH_PRECISION.get(precision)
+            theirs = [v["images_per_second"] for k, v in report["torch"]["results"].items()
+                      if k.startswith(f"{torch_precision}/")]
+            if ours and theirs:
+                report["ratios"][f"ours_over_best_torch[{precision}]"] = ours["images_per_second"] / max(theirs)
     emit(report, args.out)
+
+
+TORCH_PRECISION = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
+
+
+def torch_reference(args, precisions) -> dict:
+    """torch_step.py in its own process, same architecture, batch and budget."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    wanted = ",".join(TORCH_PRECISION[p] for p in precisions if p in TORCH_PRECISION)
+    command = [sys.executable, str(Path(__file__).with_name("torch_step.py")), "--arch", args.arch,
+               "--input-shape", args.input_shape, "--num-classes", str(args.num_classes),
+               "--batch-size", str(args.batch_size), "--attack-steps", str(args.attack_steps),
+               "--steps", str(args.steps), "--repeats", str(args.repeats), "--precisions", wanted]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"torch_step.py failed (is torch installed? pip install -e '.[bench]'): "
+                         f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -155,3 +155,17 @@ def test_the_authors_loop_trains_on_a_run_folders_data(tmp_path):
     assert [r["epoch"] for r in epochs] == [1, 2] and "test_robust_acc" in epochs[-1]
     assert epochs[0]["table_entropy"] < 1e-6 < epochs[1]["table_entropy"]  # refining from epoch 2 (es)
     assert set(lines[-1]["final"]) == {"best", "last"}
+
+
+def test_the_pytorch_reference_step_times_every_precision_and_layout():
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_step.py"
+    done = subprocess.run([sys.executable, str(script), "--arch", "resnet18", "--input-shape", "8,8,3", "--batch-size",
+                           "4", "--attack-steps", "1", "--steps", "1", "--repeats", "1"], capture_output=True, text=True,
+                          check=True)
+    results = json.loads(done.stdout.strip().splitlines()[-1])["results"]
+    assert set(results) == {"float32/nchw", "float32/channels_last", "bfloat16/nchw", "bfloat16/channels_last"}
+    assert all(r["images_per_second"] > 0 for r in results.values())
