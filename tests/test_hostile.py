@@ -353,3 +353,18 @@ def test_a_cluster_that_does_not_form_fails_naming_the_missing_worker(tmp_path):
     assert f"did not form within 4 s: worker 1 at {missing}" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "run").exists()
 
+
+
+def test_eval_and_reproduce_refuse_a_corrupt_selection_record_alike(tmp_path):
+    experiment = tmp_path / "e.yaml"
+    experiment.write_text("name: e\nbase:\n" + "".join(f"  {line}\n" for line in TINY.splitlines()) +
+                          "runs:\n  a: {}\nfinal_evaluation: {n_examples: 8, attacks: [pgd], batch_size: 64}\n")
+    assert run_cli("reproduce", experiment, "--runs-dir", tmp_path / "runs").exit_code == 0
+    record = tmp_path / "runs" / "a" / "selection_points.json"
+    record.write_text('{"test_indices": [1, "x"]}')
+    by_eval = run_cli("eval", "--checkpoint", tmp_path / "runs" / "a" / "best.keras", "--n-examples", 8)
+    by_reproduce = run_cli("reproduce", experiment, "--runs-dir", tmp_path / "runs")
+    _refused(by_eval, "selection_points.json' is corrupt")
+    _refused(by_reproduce, "selection_points.json' is corrupt")
+    line = lambda result: next(x for x in result.output.splitlines() if x.startswith("error:"))  # noqa: E731
+    assert line(by_eval) == line(by_reproduce)
