@@ -156,10 +156,16 @@ def test_robust_validation_feeds_early_stopping_and_checkpoints(tmp_path):
     trainer = _compile(_trainer(_sequential(), y))
     stop = keras.callbacks.EarlyStopping(monitor="val_robust_acc", mode="max", patience=0)
     log = keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_robust_acc", mode="max",
+                                           save_best_only=True)
     trainer.fit(x, y, batch_size=16, epochs=2, verbose=0,
-                callbacks=[sk.RobustValidation(x[:16], y[:16], sk.PGD(eps=0.05, step_size=0.02, steps=3)), stop, log])
+                callbacks=[sk.RobustValidation(x[:16], y[:16], sk.PGD(eps=0.05, step_size=0.02, steps=3)), stop, log,
+                           best])
     header = (tmp_path / "log.csv").read_text().splitlines()[0].split(",")
     assert {"val_clean_acc", "val_robust_acc"} <= set(header)
+    # ModelCheckpoint keeps the plain classifier, loadable without this library.
+    saved = keras.saving.load_model(tmp_path / "best.keras")
+    assert isinstance(saved, keras.Sequential) and saved.output_shape == (None, C)
 
 
 def test_attacks_are_callable_on_any_classifier():

@@ -122,6 +122,17 @@ class AdversarialTrainer(keras.Model):
         # A dataset is never shuffled by Keras (ours is, by seed and epoch).
         return super().fit(x, y, epochs=epochs, callbacks=callbacks, shuffle=False, **kwargs)
 
+    def save(self, filepath, overwrite=True, **kwargs):
+        """Save the classifier (a plain Keras model any Keras loads, serves or
+        exports), so ``keras.callbacks.ModelCheckpoint("best.keras", ...)`` keeps
+        the network, not the training wrapper. The training state (optimizer,
+        soft-label table) is what ``save_weights`` and ``BackupAndRestore`` keep."""
+        return self.classifier.save(filepath, overwrite=overwrite, **kwargs)
+
+    def export(self, filepath, **kwargs):
+        """``keras.Model.export`` of the classifier (a SavedModel of the network)."""
+        return self.classifier.export(filepath, **kwargs)
+
     def _build_classifier(self, dataset) -> None:
         """A subclassed classifier has no weights until called; the optimizer must
         see them before its first step."""
