@@ -61,10 +61,10 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
                         "L-inf radius")
     eps = _fraction(eps, "--eps") if eps is not None else run.get("config", {}).get("attack", {}).get("eps", 8 / 255)
     step_size = _fraction(step_size, "--step-size") if step_size is not None else None
-    for flag, problem in (("--eps", budget_problem(eps=eps, norm=norm)),
-                          ("--step-size", budget_problem(step_size=step_size))):
-        if problem:
-            raise UserError(f"{flag}: {problem}")
+    problem = budget_problem(eps=eps, norm=norm, step_size=step_size)
+    if problem:
+        setting, what = problem
+        raise UserError(f"--{setting.replace('_', '-')} {what}")
     for flag, value in (("--n-examples", n_examples), ("--batch-size", batch_size), ("--steps", steps)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value} must be at least 1")

@@ -145,10 +145,10 @@ class AttackConfig:
 
         # The attacks' own rule (the per-epoch evaluation attacks with this eps
         # whatever the method), so a config accepted here never fails later.
-        for key, problem in (("attack.eps", budget_problem(eps=self.eps)),
-                             ("attack.step_size", budget_problem(step_size=self.step_size))):
-            if problem:
-                raise UserError(f"config key '{key}': {problem}")
+        problem = budget_problem(eps=self.eps, step_size=self.step_size)
+        if problem:
+            setting, what = problem
+            raise UserError(f"config key 'attack.{setting}': {what}")
         _check_int("attack.steps", self.steps, 0, MAX_STEPS)
 
 

@@ -223,7 +223,8 @@ def test_mnist_asked_fashion_mnist_given_is_refused(tmp_path):
     ("optimizer.lr_milestones=[300]", "after the last epoch"), ("attack.eps=[0.1]", "must be a number"),
     ("sglr.preset=[1]", "sglr.preset"), ("attack.steps=1000000", "allowed 0..100000"),
     # One budget rule for config and attacks: an eps the config takes, the per-epoch PGD takes too.
-    ("attack.eps=0", "eps must be a finite number in (0, 1]"), ("attack.step_size=0", "step_size must be"),
+    ("attack.eps=0", "'attack.eps': 0.0 is out of range; allowed (0, 1]"),
+    ("attack.step_size=0", "'attack.step_size': 0.0 is out of range"),
 ])
 def test_bounds_are_one_line_refusals_before_anything_is_written(tmp_path, assignment, fragment):
     result = run_cli("train", "--method", "standard", "--out", tmp_path / "run", "--set", assignment)
