@@ -84,8 +84,12 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[list[
     """Plots and ``report.md`` for the runs, written to ``out_dir``."""
     out_dir = Path(out_dir)
     runs = load_runs(run_dirs)
-    plots = plot_runs(runs, out_dir)
-    table_path = out_dir / "report.md"
-    images = "".join(f"![{p.stem}]({p.name})\n" for p in plots)
-    table_path.write_text("# Runs\n\nAccuracies in %.\n\n" + markdown_table(runs) + "\n" + images)
+    try:
+        plots = plot_runs(runs, out_dir)
+        table_path = out_dir / "report.md"
+        images = "".join(f"![{p.stem}]({p.name})\n" for p in plots)
+        table_path.write_text("# Runs\n\nAccuracies in %.\n\n" + markdown_table(runs) + "\n" + images)
+    except OSError as err:  # a read-only or full --out
+        raise UserError(f"cannot write the report to --out '{out_dir}' ({err.strerror or err}); choose a writable "
+                        "folder")
     return plots, table_path

@@ -369,3 +369,25 @@ def test_eval_and_reproduce_refuse_a_corrupt_selection_record_alike(tmp_path):
     _refused(by_reproduce, "selection_points.json' is corrupt")
     line = lambda result: next(x for x in result.output.splitlines() if x.startswith("error:"))  # noqa: E731
     assert line(by_eval) == line(by_reproduce)
+
+
+def test_report_into_an_unwritable_folder_is_one_line(trained, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the folder should go: unwritable even for root
+    _refused(run_cli("report", trained / "run", "--out", blocker / "report"), "cannot write the report")
+
+
+def test_an_export_without_or_with_a_corrupt_card_is_one_line_in_predict_and_eval(trained, tmp_path):
+    assert run_cli("export", "--checkpoint", trained / "run" / "last.keras", "--out", tmp_path / "m").exit_code == 0
+    export = tmp_path / "m" / "sglr" / "1"
+    card = export / "assets.extra" / "model_card.json"
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+    card.write_text("{cut")
+    _refused(run_cli("predict", image, "--saved-model", export), "model card", "not a JSON object")
+    _refused(run_cli("eval", "--checkpoint", export, "--n-examples", 4), "model card", "not a JSON object")
+    card.unlink()
+    _refused(run_cli("predict", image, "--saved-model", export), "no input_shape")
+    _refused(run_cli("eval", "--checkpoint", export, "--n-examples", 4), "--dataset")
