@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "torch_bridge"))
-from authors_loop import PreActResNet18, pgd  # noqa: E402
+from authors_loop import PreActResNet18, pgd, resnet18_stages, stage_widths  # noqa: E402
 
 
 class BasicBlock(nn.Module):
@@ -47,16 +47,11 @@ class ResNet18(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0):
         super().__init__()
-        widths = [max(1, int(round(64 * 2**stage * width))) for stage in range(4)]
+        widths = stage_widths(width)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU())
-        blocks, previous = [], widths[0]
-        for stage, channels in enumerate(widths):
-            for i in range(2):
-                blocks.append(BasicBlock(previous, channels, 2 if (i == 0 and stage > 0) else 1))
-                previous = channels
-        self.blocks = nn.Sequential(*blocks)
-        self.linear = nn.Linear(previous, num_classes)
+        self.blocks = resnet18_stages(BasicBlock, widths)
+        self.linear = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
         return self.linear(self.blocks(self.stem(x)).mean(dim=(2, 3)))

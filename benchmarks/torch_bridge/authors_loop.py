@@ -51,21 +51,31 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
+def stage_widths(width: float) -> list[int]:
+    """Channels ``round(64 * width) * 2**stage``, as sglr_keras.models builds them."""
+    return [max(1, int(round(64 * 2**stage * width))) for stage in range(4)]
+
+
+def resnet18_stages(block, widths: list[int]) -> nn.Sequential:
+    """Two blocks per stage; the first of stages 2-4 halves the resolution."""
+    blocks, previous = [], widths[0]
+    for stage, channels in enumerate(widths):
+        for i in range(2):
+            blocks.append(block(previous, channels, 2 if (i == 0 and stage > 0) else 1))
+            previous = channels
+    return nn.Sequential(*blocks)
+
+
 class PreActResNet18(nn.Module):
     """Channels ``round(64 * width) * 2**stage``, as sglr_keras.models builds it."""
 
     def __init__(self, in_channels: int, num_classes: int, width: float):
         super().__init__()
-        widths = [max(1, int(round(64 * 2**stage * width))) for stage in range(4)]
+        widths = stage_widths(width)
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, padding=1, bias=False)
-        blocks, previous = [], widths[0]
-        for stage, channels in enumerate(widths):
-            for i in range(2):
-                blocks.append(PreActBlock(previous, channels, 2 if (i == 0 and stage > 0) else 1))
-                previous = channels
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(previous)
-        self.linear = nn.Linear(previous, num_classes)
+        self.blocks = resnet18_stages(PreActBlock, widths)
+        self.bn = nn.BatchNorm2d(widths[-1])
+        self.linear = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
         out = F.relu(self.bn(self.blocks(self.stem(x))))
