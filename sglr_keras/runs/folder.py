@@ -14,8 +14,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from sglr_keras.errors import UserError
 
 CHECKPOINT_NAMES = ("best", "last")
 
@@ -90,10 +93,6 @@ def final_record_path(checkpoint) -> Path:
 def read_record(path: Path, fix: str, valid=lambda record: True) -> dict | None:
     """A JSON record of a run folder, None when absent; a corrupt one (not JSON,
     not a mapping, or failing ``valid``) is refused in one line with ``fix``."""
-    import json
-
-    from sglr_keras.errors import UserError
-
     if not path.is_file():
         return None
     try:

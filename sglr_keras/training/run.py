@@ -30,8 +30,8 @@ from sglr_keras.data.pipeline import steps_per_epoch, train_dataset
 from sglr_keras.errors import Interrupted, UserError
 from sglr_keras.io import atomic_write_text
 from sglr_keras.models import build_model
-from sglr_keras.runs import (RunFolder, RunFolderLock, check_run_dir, create_run_dir, load_run_config,  # noqa: F401
-                             read_json, read_selection_points, read_state, selection_points)
+from sglr_keras.runs import (RunFolder, RunFolderLock, check_run_dir, create_run_dir, read_json,
+                             read_selection_points, read_state, selection_points)
 from sglr_keras.training import objectives
 from sglr_keras.training.callbacks import (EpochEvaluation, InterruptAtStepEnd, NonFiniteGuard, NonFiniteLossError,
                                            RichProgress, RunRecorder, read_history, write_history)
