@@ -30,7 +30,7 @@ from bench_io import emit, machine  # noqa: E402
 from sglr_keras.attacks.training import NoAttack  # noqa: E402
 from sglr_keras.config import load_config  # noqa: E402
 from sglr_keras.models import build_model  # noqa: E402
-from sglr_keras.training.run import build_trainer, make_optimizer  # noqa: E402
+from sglr_keras.training.recipe import build_trainer, make_optimizer  # noqa: E402
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:

@@ -108,7 +108,9 @@ def cluster_timeout() -> float:
 _WATCHDOG = """
 import json, os, select, signal, socket, sys, time
 parent, timeout, every = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-config = json.loads(sys.argv[4])
+config, signals = json.loads(sys.argv[4]), int(sys.argv[5])
+# Ctrl-C reaches this process too (same process group): the parent's byte below decides.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 def silent():
     me, found = config.get("task", {}), []
     for kind, addresses in config.get("cluster", {}).items():
@@ -123,8 +125,18 @@ def silent():
     return found
 deadline = time.monotonic() + timeout
 while True:
-    ready, _, _ = select.select([sys.stdin], [], [], max(0.0, min(every, deadline - time.monotonic())))
-    if ready:
+    ready, _, _ = select.select([sys.stdin, signals], [], [], max(0.0, min(every, deadline - time.monotonic())))
+    if signals in ready:
+        received = os.read(signals, 64)
+        stop = [n for n in received if n in (signal.SIGINT, signal.SIGTERM)]
+        if stop:
+            name = "SIGTERM" if signal.SIGTERM in stop else "Ctrl-C"
+            sys.stderr.write(f"\\n{name}: stopped while waiting for the multi-worker cluster to form; "
+                             "nothing was trained or written\\n")
+            sys.stderr.flush()
+            os.kill(parent, signal.SIGKILL)
+            sys.exit(2)
+    if sys.stdin in ready:
         sys.exit(0)  # the parent closed the pipe: the cluster formed (or the parent ended)
     missing = silent()
     if time.monotonic() < deadline:
@@ -146,9 +158,12 @@ class ClusterWatchdog:
     silently and holding the interpreter lock (so no Python thread or signal
     handler runs). A child process says who is missing while it waits and ends
     the waiting process when the cluster has not formed within ``timeout``
-    seconds, naming the workers that do not answer. (SIGTERM does not end the
-    wait: TensorFlow's multi-worker runtime takes SIGTERM for its own preemption
-    handling; the timeout does.)"""
+    seconds, naming the workers that do not answer. Ctrl-C ends the wait too:
+    while it lasts, Python's C-level handler writes the signal number
+    (``signal.set_wakeup_fd``) into a pipe that the child reads, since no thread
+    of the waiting process can run. SIGTERM does not: during the wait
+    TensorFlow's preemption notifier replaces the SIGTERM handler with its own,
+    which only records the signal; the timeout (or SIGKILL) ends it."""
 
     def __init__(self, config: dict, timeout: float, report_every: float = 30.0):
         self.config, self.timeout, self.report_every = config, timeout, report_every
@@ -158,12 +173,34 @@ class ClusterWatchdog:
         import subprocess
         import sys
 
+        import signal
+        import subprocess
+        import sys
+
+        read_end, self._signals = os.pipe()
+        os.set_blocking(self._signals, False)
         self._child = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.timeout), str(self.report_every),
-             json.dumps(self.config)], stdin=subprocess.PIPE)
+             json.dumps(self.config), str(read_end)], stdin=subprocess.PIPE, pass_fds=(read_end,))
+        os.close(read_end)
+        self._previous_fd = None
+        try:  # main thread only; elsewhere the timeout alone ends the wait
+            self._previous_fd = signal.set_wakeup_fd(self._signals, warn_on_full_buffer=False)
+            # The C-level handler writes the byte only for a signal with a Python handler.
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                self._previous_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        except ValueError:
+            pass
         return self
 
     def __exit__(self, *exc):
+        import signal
+
+        if self._previous_fd is not None:
+            signal.set_wakeup_fd(self._previous_fd)
+            if hasattr(self, "_previous_term"):
+                signal.signal(signal.SIGTERM, self._previous_term)
+        os.close(self._signals)
         self._child.stdin.close()
         self._child.wait()
         return False

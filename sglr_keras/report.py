@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sglr_keras.errors import UserError  # noqa: E402
 from sglr_keras.runs import RunFolder  # noqa: E402
 from sglr_keras.training.callbacks import read_history  # noqa: E402
-from sglr_keras.training.run import summarize  # noqa: E402
+from sglr_keras.runs.summary import summarize  # noqa: E402
 
 PANELS = (
     ("robust_accuracy.png", "PGD robust accuracy", [("test_robust_acc", "-", "test"), ("train_robust_acc", "--", "train")]),

@@ -335,13 +335,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _multi_worker(tmp_path, timeout):
+def _multi_worker(tmp_path, timeout, **popen):
     tf_config = {"cluster": {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]},
                  "task": {"type": "worker", "index": 0}}
     env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "SGLR_CLUSTER_TIMEOUT": str(timeout),
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(_sglr("train", "--strategy", "multi-worker", "--epochs", 1, "--out", tmp_path / "run"),
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
     return process, tf_config["cluster"]["worker"][1]
 
 
@@ -354,6 +354,35 @@ def test_a_cluster_that_does_not_form_fails_naming_the_missing_worker(tmp_path):
     assert f"did not form within 4 s: worker 1 at {missing}" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "run").exists()
 
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_ctrl_c_ends_the_wait_for_a_cluster_that_does_not_form(tmp_path):
+    # Ctrl-C at a terminal signals the whole foreground process group.
+    process, _ = _multi_worker(tmp_path, timeout=120, start_new_session=True)
+    deadline = time.time() + 120
+    while not _children(process.pid) and time.time() < deadline:  # the watchdog starts with the wait
+        time.sleep(0.2)
+    time.sleep(3)  # inside TensorFlow's wait for the cluster
+    sent = time.time()
+    os.killpg(process.pid, signal.SIGINT)
+    code = process.wait(timeout=60)
+    stderr = process.stderr.read()
+    assert time.time() - sent < 10 and code != 0, stderr
+    assert "Ctrl-C: stopped while waiting for the multi-worker cluster to form" in stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_eval_and_reproduce_refuse_a_corrupt_selection_record_alike(tmp_path):

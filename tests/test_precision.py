@@ -12,7 +12,7 @@ from sglr_keras.config import load_config
 from sglr_keras.data import load_dataset
 from sglr_keras.evaluation import ModelRunner, check_budget
 from sglr_keras.models import build_model
-from sglr_keras.training.run import build_trainer, make_optimizer
+from sglr_keras.training.recipe import build_trainer, make_optimizer
 
 
 def _data(n=128):

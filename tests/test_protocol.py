@@ -16,7 +16,7 @@ from sglr_keras.attacks.training import TradesKL, TrainingPGD
 from sglr_keras.config import load_config
 from sglr_keras.data import load_dataset, symmetric_label_noise
 from sglr_keras.evaluation import ModelRunner
-from sglr_keras.training.run import build_attack, evaluated_epochs, make_optimizer
+from sglr_keras.training.recipe import build_attack, evaluated_epochs, make_optimizer
 from tests.conftest import run_cli
 
 

@@ -9,7 +9,7 @@ from sglr_keras import sglr
 from sglr_keras.config import load_config
 from sglr_keras.models import build_model
 from sglr_keras.training.objectives import smoothed_labels, trades_loss
-from sglr_keras.training.run import build_trainer, make_optimizer
+from sglr_keras.training.recipe import build_trainer, make_optimizer
 
 
 def _softmax(z):

@@ -35,7 +35,7 @@ def main():
     from sglr_keras.data import load_dataset
     from sglr_keras.runs import final_test_indices
     from sglr_keras.runs import load_run_config, read_selection_points
-    from sglr_keras.training.run import evaluated_epochs
+    from sglr_keras.training.recipe import evaluated_epochs
 
     run_dir = Path(args.run_dir)
     config = load_run_config(run_dir)

@@ -16,7 +16,7 @@ from sglr_keras.runs import RunFolder
 def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict[str, dict]) -> dict:
     """One row of the results: training curve facts and the final attacks."""
     from sglr_keras.training.callbacks import read_history
-    from sglr_keras.training.run import summarize
+    from sglr_keras.runs.summary import summarize
 
     history = read_history(run_dir)
     summary = summarize(history)

@@ -6,7 +6,7 @@ objectives also own the soft-label table; their ``refine`` computes the new
 table rows (a pure function of the batch, ``docs/method.md`` steps 2-4), which
 the trainer writes with an explicit step before the loss reads them, as the
 reference code does. Adding a method is one class here plus one line in
-``training/run.py``'s mapping (``docs/adding_a_method.md``).
+``training/recipe.py``'s mapping (``docs/adding_a_method.md``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """``train(config, out_dir)``: one training run, from data to checkpoints.
 
-The run folder's layout is :class:`sglr_keras.runs.RunFolder`. This module
-is also the one place that maps a config to the trainer's parts
-(:func:`build_attack`, :func:`build_objective`): no other module compares method
-names.
+The run folder's layout is :class:`sglr_keras.runs.RunFolder`; the trainer's
+parts come from the config through :mod:`sglr_keras.training.recipe`. This
+module orchestrates: data, model, resume or start, callbacks, fit.
 """
 
 from __future__ import annotations
@@ -12,135 +11,24 @@ import json
 import shutil
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # not on Windows: runs there are not locked
-    fcntl = None
-
 import keras
 import tensorflow as tf
 from rich.console import Console
 
 from sglr_keras import distribute
 from sglr_keras.attacks.pgd import PGD
-from sglr_keras.attacks.training import NoAttack, TradesKL, TrainingPGD
 from sglr_keras.config import TrainConfig
-from sglr_keras.data import DatasetBundle, load_dataset
+from sglr_keras.data import load_dataset
 from sglr_keras.data.pipeline import steps_per_epoch, train_dataset
 from sglr_keras.errors import Interrupted, UserError
 from sglr_keras.io import atomic_write_text
 from sglr_keras.models import build_model
 from sglr_keras.runs import (RunFolder, RunFolderLock, check_run_dir, create_run_dir, read_json,
                              read_selection_points, read_state, selection_points)
-from sglr_keras.training import objectives
+from sglr_keras.runs.summary import run_facts, summarize
 from sglr_keras.training.callbacks import (EpochEvaluation, InterruptAtStepEnd, NonFiniteGuard, NonFiniteLossError,
                                            RichProgress, RunRecorder, read_history, write_history)
-from sglr_keras.training.trainer import AdversarialTrainer
-
-
-# --- config -> trainer parts (the only place that reads method names) -----------
-
-def build_attack(config: TrainConfig):
-    """The training attack of ``config.method``."""
-    attack = config.attack
-    if config.method == "standard":
-        return NoAttack()
-    if config.method == "trades":
-        return TradesKL(attack.eps, attack.step_size, attack.steps, start="normal")
-    if config.method == "trades-sglr":
-        # The SGLR reference code starts its TRADES attack from a clipped uniform point.
-        return TradesKL(attack.eps, attack.step_size, attack.steps, start="uniform")
-    return TrainingPGD(attack.eps, attack.step_size, attack.steps, attack.random_start)
-
-
-def build_objective(config: TrainConfig, train_labels, num_classes: int) -> objectives.Objective:
-    """The objective of ``config.method``."""
-    s = config.sglr
-    sglr_settings = dict(r=s.r, alpha=s.alpha, lam=s.lam, temperature=s.temperature, warmup_epochs=s.warmup_epochs,
-                         clean_forward_training=s.clean_forward_training, table_dtype=s.table_dtype)
-    builders = {
-        "standard": lambda: objectives.Objective(num_classes),
-        "pgd-at": lambda: objectives.Objective(num_classes),
-        "label-smoothing": lambda: objectives.LabelSmoothing(num_classes, config.label_smoothing),
-        "sglr": lambda: objectives.SGLR(num_classes, train_labels, **sglr_settings),
-        "trades": lambda: objectives.TRADES(num_classes, config.trades_beta),
-        "trades-sglr": lambda: objectives.TRADESSGLR(num_classes, train_labels, config.trades_beta, **sglr_settings),
-    }
-    return builders[config.method]()
-
-
-def build_trainer(classifier: keras.Model, config: TrainConfig, train_labels, num_classes: int) -> AdversarialTrainer:
-    """The trainer ``config`` describes, around ``classifier`` (not compiled)."""
-    return AdversarialTrainer(classifier, build_attack(config), build_objective(config, train_labels, num_classes),
-                              weight_decay=config.optimizer.weight_decay, seed=config.seed)
-
-
-def make_optimizer(config: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
-    """SGD with the learning rate multiplied by ``lr_gamma`` at each milestone.
-
-    Milestone m (an epoch counted from 1, as in the reference code's MultiStepLR
-    stepped at the start of each epoch) gives the new rate from the first step of
-    epoch m on. Keras's schedule keeps the old rate while ``iterations <= boundary``,
-    and the first step of epoch m runs at ``iterations == (m - 1) * steps``.
-    """
-    opt = config.optimizer
-    milestones = opt.milestone_epochs(config.epochs)
-    if milestones:
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries=[(m - 1) * steps - 1 for m in milestones],
-            values=[opt.lr * opt.lr_gamma**i for i in range(len(milestones) + 1)],
-        )
-    else:
-        schedule = opt.lr
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=opt.momentum, nesterov=opt.nesterov)
-    if config.precision == "mixed_float16":
-        # float16 gradients underflow without a loss scale; steps with non-finite
-        # gradients are skipped and counted (history column skipped_steps).
-        return keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def resolve_jit(config: TrainConfig) -> bool:
-    """``jit_compile`` as set, or (unset) XLA on GPUs and TPUs and not on CPUs,
-    where XLA skips oneDNN and the PGD step ran 4x slower (docs/bench)."""
-    if config.jit_compile is not None:
-        return config.jit_compile
-    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-
-
-def summarize(history: list[dict]) -> dict:
-    """Best (by test robust accuracy) and last epoch, and the robust-overfitting gap."""
-    if not history:
-        return {}
-    best = max(history, key=lambda r: r.get("test_robust_acc", -1.0))
-    last = history[-1]
-    summary = {
-        "epochs": last["epoch"],
-        "best_epoch": best["epoch"],
-        "best_test_robust_acc": best.get("test_robust_acc"),
-        "best_test_clean_acc": best.get("test_clean_acc"),
-        "last_test_robust_acc": last.get("test_robust_acc"),
-        "last_test_clean_acc": last.get("test_clean_acc"),
-        "last_train_robust_acc": last.get("train_robust_acc"),
-        "last_test_ece": last.get("test_ece"),
-        "train_seconds": sum(r.get("train_seconds", 0.0) for r in history),
-    }
-    if best.get("test_robust_acc") is not None and last.get("test_robust_acc") is not None:
-        summary["best_minus_last_robust_acc"] = best["test_robust_acc"] - last["test_robust_acc"]
-    return summary
-
-
-def run_facts(config: TrainConfig, bundle: DatasetBundle, extended_from: list[int] | None = None) -> dict:
-    facts = {"dataset": bundle.name, "class_names": bundle.class_names, "num_classes": bundle.num_classes,
-             "input_shape": list(bundle.input_shape), "num_train": bundle.num_train,
-             "arch": config.model.arch, "init": config.model.init, "padding": config.model.padding,
-             "method": config.method,
-             "label_noise": {"rate": config.data.label_noise, "mode": config.data.label_noise_mode,
-                             "wrong_label_fraction": bundle.wrong_label_fraction},
-             "lr_drop_epochs": config.optimizer.milestone_epochs(config.epochs)}
-    if extended_from:
-        facts["extended_from_epochs"] = extended_from
-    return facts
+from sglr_keras.training.recipe import build_trainer, evaluated_epochs, make_optimizer, resolve_jit
 
 
 def start_from_checkpoint(classifier: keras.Model, path: str | Path) -> None:
@@ -295,15 +183,5 @@ def _train(config, out_dir, overwrite, console, show_progress, extra_callbacks, 
     write_history(run_dir, history)
     atomic_write_text(folder.summary, json.dumps(summary, indent=2))
     return summary
-
-
-def evaluated_epochs(config: TrainConfig) -> set[int]:
-    """The 1-based epochs the per-epoch evaluation runs on: every
-    ``evaluation.every``-th, the first at each new learning rate, and the last."""
-    every = config.evaluation.every
-    epochs = {e for e in range(1, config.epochs + 1) if e % every == 0}
-    epochs |= set(config.optimizer.milestone_epochs(config.epochs))
-    epochs.add(config.epochs)
-    return epochs
 
 

@@ -3,7 +3,7 @@ inner attack, refines labels and updates the weights.
 
 The trainer composes two objects: a training attack (``sglr_keras.attacks.training``)
 and an objective (``sglr_keras.training.objectives``). It knows no method by
-name; ``training/run.py`` maps a config to the pair. The wrapped ``classifier``
+name; ``training/recipe.py`` maps a config to the pair. The wrapped ``classifier``
 is an ordinary functional Keras model: what checkpoints and exports hold.
 """
 
