@@ -47,6 +47,7 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     from sglr_keras.config import _fraction
     from sglr_keras.data import load_dataset
     from sglr_keras.errors import UserError
+    from sglr_keras.estimate import evaluation_passes, long_work_note
     from sglr_keras.evaluation import ALL
     from sglr_keras.evaluation import evaluate as evaluate_model
     from sglr_keras.io import atomic_write_text
@@ -103,6 +104,10 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
                         "left to evaluate on; retrain with a smaller evaluation.n_test, or pass "
                         "--include-selection-points (best.keras's accuracy is then biased upwards)")
     keras.utils.set_random_seed(seed)
+    note = long_work_note("this evaluation", evaluation_passes(attacks, len(y), steps, bundle.num_classes), model,
+                          bundle.input_shape)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:

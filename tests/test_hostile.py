@@ -385,6 +385,47 @@ def test_ctrl_c_ends_the_wait_for_a_cluster_that_does_not_form(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+# --- 7. work that will obviously take long is announced before it starts -----------------
+
+@pytest.mark.parametrize("attacks, steps, points, at_least", [
+    (["pgd"], 100_000, 10_000, 1e9),          # the case: steps times points implies hours
+    (["autoattack"], None, 10_000, 3.5e7),     # AutoAttack: APGD-CE, APGD-T, FAB-T, Square 5000
+    (["square"], None, 1_000, 1.6e6),         # queries are forward passes only
+    (["fgsm"], None, 1_000, 2e3),
+])
+def test_evaluation_cost_counts_every_step_of_every_attack(attacks, steps, points, at_least):
+    from sglr_keras.estimate import evaluation_passes
+
+    passes = evaluation_passes(attacks, points, steps)
+    assert at_least <= passes <= 2 * at_least
+
+
+def test_training_cost_grows_with_epochs_examples_and_attack_steps():
+    from sglr_keras.estimate import training_passes
+
+    config = load_config(None, {"epochs": 200, "attack.steps": 10})
+    base = training_passes(config, 50_000, 500, 200)
+    assert base >= 200 * 50_000 * 11
+    assert training_passes(config, 50_000, 500, 100) == pytest.approx(base / 2)
+    assert training_passes(load_config(None, {"attack.steps": 20}), 50_000, 500, 200) > base
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_long_work_is_announced_with_its_estimate_before_it_starts(trained, tmp_path, monkeypatch, command):
+    # Any positive threshold below the real cost: the tiny run then counts as long.
+    monkeypatch.setenv("SGLR_LONG_WORK_SECONDS", "1e-9")
+    if command == "train":
+        result = run_cli("train", "--config", trained / "tiny.yaml", "--out", tmp_path / "run")
+    else:
+        result = run_cli("eval", "--checkpoint", trained / "run" / "last.keras", "--n-examples", 16)
+    assert result.exit_code == 0, result.output
+    note = next(line for line in result.output.splitlines() if line.startswith("note:") and "may take" in line)
+    assert "forward-backward passes" in note and "images/s measured" in note
+    monkeypatch.setenv("SGLR_LONG_WORK_SECONDS", "3600")
+    quiet = run_cli("eval", "--checkpoint", trained / "run" / "last.keras", "--n-examples", 16)
+    assert quiet.exit_code == 0 and "may take" not in quiet.output
+
+
 def test_eval_and_reproduce_refuse_a_corrupt_selection_record_alike(tmp_path):
     experiment = tmp_path / "e.yaml"
     experiment.write_text("name: e\nbase:\n" + "".join(f"  {line}\n" for line in TINY.splitlines()) +

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from rich.console import Console
 
-from sglr_keras import distribute
+from sglr_keras import distribute, estimate
 from sglr_keras.attacks.pgd import PGD
 from sglr_keras.config import TrainConfig
 from sglr_keras.data import load_dataset
@@ -117,6 +117,11 @@ def _train(config, out_dir, overwrite, console, show_progress, extra_callbacks, 
                   f"replica(s); precision {config.precision}; XLA {'on' if jit else 'off'}; "
                   f"{bundle.num_train} training examples, {steps} steps per epoch",
                   highlight=False, soft_wrap=True)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        note = estimate.training_note(config, bundle, config.epochs - initial_epoch, classifier,
+                                      strategy.num_replicas_in_sync)
+        if note:
+            console.print(note, highlight=False, soft_wrap=True)
 
     # Everything the run needs exists and fits: from here on the run folder is written.
     folder = RunFolder(run_dir)
