@@ -120,3 +120,85 @@ def test_per_example_starts_are_vectorised_and_independent_of_the_batch(caplog):
     other = example_noise(x, seeds + tf.constant([[1, 0]], tf.int64), "uniform").numpy()
     assert abs(np.corrcoef(uniform.ravel(), other.ravel())[0, 1]) < 0.03
     assert abs(np.corrcoef(uniform[0].ravel(), uniform[1].ravel())[0, 1]) < 0.1
+
+
+# --- the attack base: one cache, one robust-subset loop, one random start -------------
+
+def _bn_dropout_model():
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3)(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Dropout(0.5)(keras.layers.Flatten()(h))
+    return keras.Model(inputs, keras.layers.Dense(10)(h))
+
+
+EVERY_ATTACK = [
+    lambda: PGD(eps=0.05, step_size=0.02, steps=3), lambda: CW(eps=0.05, step_size=0.02, steps=3),
+    lambda: FGSM(eps=0.05), lambda: APGD(eps=0.05, n_iter=3), lambda: APGD(eps=0.05, targeted=True, n_iter=3),
+    lambda: FAB(eps=0.05, n_iter=3), lambda: FAB(eps=0.05, n_iter=3, targeted=False),
+    lambda: Square(eps=0.05, n_queries=5), lambda: build_attack("autoattack", 0.05),
+]
+
+
+@pytest.mark.parametrize("make", EVERY_ATTACK)
+def test_no_attack_changes_the_model_or_prints(make, capsys):
+    model = _bn_dropout_model()
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(size=(6, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 6)
+    before = [w.numpy().copy() for w in model.weights]
+    trainable = [layer.trainable for layer in model.layers]
+    make()(model, x, y)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))  # BN statistics included
+    assert [layer.trainable for layer in model.layers] == trainable
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("make", [lambda: APGD(eps=0.05, n_iter=3), lambda: FAB(eps=0.05, n_iter=3),
+                                  lambda: Square(eps=0.05, n_queries=5)])
+def test_compiled_functions_are_per_model_and_do_not_keep_a_model_alive(make):
+    import gc
+    import weakref
+
+    attack = make()
+    rng = np.random.default_rng(2)
+    x = rng.uniform(size=(4, 8, 8, 1)).astype(np.float32)
+    models = [build_model("small_cnn", (8, 8, 1), 10, width=0.5) for _ in range(3)]
+    for model in models:  # labels the model gets right: every point is attacked
+        attack(model, x, np.argmax(model(x, training=False), -1))
+    assert len(attack._compiled_cache) == 3
+    gone = weakref.ref(models[0])
+    del models[0], model
+    gc.collect()
+    assert gone() is None and len(attack._compiled_cache) == 2
+
+
+def test_break_remaining_attacks_only_the_points_still_robust():
+    from sglr_keras.attacks.base import break_remaining
+
+    x = np.zeros((5, 1, 1, 1), np.float32)
+    robust = np.array([True, True, False, True, True])
+    seen = []
+
+    def attack_run(todo, run):
+        seen.append(list(todo))
+        broken = np.isin(todo, [0, 3]) if run == 0 else np.ones(len(todo), bool)
+        return np.full((len(todo), 1, 1, 1), run + 1.0, np.float32), broken
+
+    x_out = break_remaining(x, robust, range(3), attack_run)
+    assert seen == [[0, 1, 3, 4], [1, 4]]  # no third run: nothing left
+    assert x_out.ravel().tolist() == [1.0, 2.0, 0.0, 1.0, 2.0] and not robust.any()
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_random_starts_lie_in_the_ball_or_on_its_surface(norm):
+    from sglr_keras.attacks.base import random_start
+
+    x = tf.fill((64, 6, 6, 3), 0.5)
+    size = (lambda d: tf.reduce_max(tf.abs(d), axis=[1, 2, 3])) if norm == "Linf" else (
+        lambda d: tf.norm(tf.reshape(d, [64, -1]), axis=1))
+    inside = size(random_start(x, 0.2, norm, tf.random.Generator.from_seed(0)) - x).numpy()
+    surface = size(random_start(x, 0.2, norm, tf.random.Generator.from_seed(0), surface=True) - x).numpy()
+    assert inside.max() <= 0.2 + 1e-6 and inside.min() < 0.2 * 0.999
+    assert np.allclose(surface, 0.2, atol=1e-5)

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from sglr_keras.attacks.losses import check_attack_settings, cross_entropy, dlr, targeted_dlr
 from sglr_keras.attacks.pgd import project
-from sglr_keras.attacks.base import CallableAttack
+from sglr_keras.attacks.base import CallableAttack, break_remaining, random_start
 
 MOMENTUM = 0.75
 RHO = 0.75
@@ -73,28 +73,27 @@ class APGD(CallableAttack):
         self.first_interval = max(int(0.22 * n_iter), 1)
         self.min_interval = max(int(0.06 * n_iter), 1)
         self.interval_decrease = max(int(0.03 * n_iter), 1)
-        self._compiled = {}
 
     # --- compiled pieces ---------------------------------------------------------
 
     def _loss_and_grad(self, model):
-        if id(model) not in self._compiled:
-            loss_name, targeted = self.loss, self.targeted
+        loss_name, targeted = self.loss, self.targeted
 
+        def build(model_ref):
             @tf.function(reduce_retracing=True)
             def loss_and_grad(x, y, target):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
-                    logits = model(x, training=False)
+                    logits = model_ref()(x, training=False)
                     if targeted:
                         per_example = targeted_dlr(logits, y, target)
                     else:
                         per_example = cross_entropy(logits, y) if loss_name == "ce" else dlr(logits, y)
                     total = tf.reduce_sum(per_example)
                 return logits, per_example, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return loss_and_grad
 
-            self._compiled[id(model)] = loss_and_grad
-        return self._compiled[id(model)]
+        return self.compiled(model, "loss_and_grad", build)
 
     def _gradient(self, model, x, y, target):
         """Logits, per-example loss and input gradient; for a randomised model the
@@ -107,21 +106,13 @@ class APGD(CallableAttack):
             loss, grad = loss + more_loss, grad + more_grad
         return logits, loss / self.eot_iter, grad / self.eot_iter
 
-    def _random_start(self, x, generator):
-        if self.norm == "Linf":
-            t = generator.uniform(tf.shape(x), -1.0, 1.0)
-            t /= _per_example(tf.reduce_max(tf.abs(tf.reshape(t, [tf.shape(x)[0], -1])), axis=1), len(x.shape))
-            return tf.clip_by_value(x + self.eps * t, 0.0, 1.0)
-        t = generator.normal(tf.shape(x))
-        return tf.clip_by_value(x + self.eps * _lp_normalise(t, "L2"), 0.0, 1.0)
-
     # --- one run -----------------------------------------------------------------------
 
     def _run(self, model, x, y, target, generator):
         """One APGD run; returns (adversarial points, still-correct mask)."""
         ndim = len(x.shape)
         n = int(x.shape[0])
-        x_adv = self._random_start(x, generator)
+        x_adv = random_start(x, self.eps, self.norm, generator, surface=True)
         logits, loss, grad = self._gradient(model, x_adv, y, target)
         correct = (tf.argmax(logits, -1, output_type=tf.int32) == y).numpy()
         x_best_adv = x_adv.numpy()
@@ -176,26 +167,21 @@ class APGD(CallableAttack):
         x = tf.convert_to_tensor(x, tf.float32)
         y = tf.cast(tf.convert_to_tensor(y), tf.int32)
         generator = tf.random.Generator.from_seed(self.seed)
-        x_out = x.numpy().copy()
         logits = model(x, training=False)
         robust = (tf.argmax(logits, -1, output_type=tf.int32) == y).numpy()
         if self.targeted:
             ranked = tf.argsort(logits, axis=-1, direction="DESCENDING").numpy()
-            num_classes = ranked.shape[1]
-            runs = [ranked[:, rank] for rank in range(1, min(self.n_target_classes, num_classes - 1) + 1)]
+            targets = [ranked[:, rank] for rank in range(1, min(self.n_target_classes, ranked.shape[1] - 1) + 1)]
+            runs = [target for target in targets for _ in range(self.n_restarts)]
         else:
             runs = [None] * self.n_restarts
-        for target in runs:
-            for _ in range(self.n_restarts if self.targeted else 1):
-                todo = np.flatnonzero(robust)
-                if len(todo) == 0:
-                    return tf.constant(x_out)
-                target_t = tf.constant(target[todo] if target is not None else np.zeros(len(todo)), tf.int32)
-                x_adv, correct = self._run(model, tf.gather(x, todo), tf.gather(y, todo), target_t, generator)
-                newly_fooled = ~correct
-                x_out[todo[newly_fooled]] = x_adv[newly_fooled]
-                robust[todo[newly_fooled]] = False
-        return tf.constant(x_out)
+
+        def attack_run(todo, target):
+            target_t = tf.constant(target[todo] if target is not None else np.zeros(len(todo)), tf.int32)
+            x_adv, correct = self._run(model, tf.gather(x, todo), tf.gather(y, todo), target_t, generator)
+            return x_adv, ~correct
+
+        return tf.constant(break_remaining(x.numpy(), robust, runs, attack_run))
 
 
 def checkpoint_iterations(n_iter: int) -> list[int]:

@@ -29,7 +29,7 @@ from sglr_keras.attacks.apgd import APGD
 from sglr_keras.attacks.fab import FAB
 from sglr_keras.attacks.losses import check_attack_settings
 from sglr_keras.attacks.square import Square
-from sglr_keras.attacks.base import CallableAttack
+from sglr_keras.attacks.base import CallableAttack, break_remaining
 
 VERSIONS = ("standard", "plus", "rand")
 
@@ -87,18 +87,14 @@ class AutoAttack(CallableAttack):
         example any stage finds (points no stage breaks come back unchanged)."""
         x = np.asarray(x, np.float32)
         y = np.asarray(y, np.int32)
-        x_adv = x.copy()
-        predict = tf.function(lambda xb: model(xb, training=False), reduce_retracing=True)
-        robust = np.argmax(predict(tf.constant(x)).numpy(), axis=-1) == y
-        for attack in self.attacks:
-            remaining = np.flatnonzero(robust)
-            if len(remaining) == 0:
-                break
-            candidate = np.asarray(attack.perturb(model, tf.constant(x[remaining]), tf.constant(y[remaining])))
-            fooled = np.argmax(predict(tf.constant(candidate)).numpy(), axis=-1) != y[remaining]
-            x_adv[remaining[fooled]] = candidate[fooled]
-            robust[remaining[fooled]] = False
-        return x_adv
+        predict = self.predictor(model)
+
+        def attack_run(todo, attack):
+            candidate = np.asarray(attack.perturb(model, tf.constant(x[todo]), tf.constant(y[todo])))
+            fooled = np.argmax(predict(tf.constant(candidate)).numpy(), axis=-1) != y[todo]
+            return candidate, fooled
+
+        return break_remaining(x, self.still_correct(model, x, y), self.attacks, attack_run)
 
     def run(self, runner, x, y, clean_correct, on_stage=None, on_batch=None):
         """Attack in sequence; returns one AttackResult per stage, each with the

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from sglr_keras.attacks.losses import check_attack_settings
-from sglr_keras.attacks.base import CallableAttack
+from sglr_keras.attacks.base import CallableAttack, break_remaining, random_start
 
 BISECTION_STEPS = 30
 
@@ -81,17 +81,16 @@ class FAB(CallableAttack):
         self.n_target_classes, self.alpha_max, self.eta, self.beta, self.seed = (
             n_target_classes, alpha_max, eta, beta, seed)
         self.name = "fab-t" if targeted else "fab"
-        self._compiled = {}
 
     def _jacobian_fn(self, model):
         """Logits and the gradients of z_j - z_y for every class j (untargeted) or
         of z_t - z_y (targeted)."""
-        if id(model) not in self._compiled:
+        def build(model_ref):
             @tf.function(reduce_retracing=True)
             def boundary(x, y, target):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
-                    logits = model(x, training=False)
+                    logits = model_ref()(x, training=False)
                     picked = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, y, batch_dims=1)
                 return logits, picked, tape.gradient(picked, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
@@ -99,14 +98,15 @@ class FAB(CallableAttack):
             def all_boundaries(x, y):
                 with tf.GradientTape(persistent=False) as tape:
                     tape.watch(x)
-                    logits = model(x, training=False)
+                    logits = model_ref()(x, training=False)
                 jacobian = tape.batch_jacobian(logits, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # (N, C, ...)
                 true = tf.gather(logits, y, batch_dims=1)
                 true_grad = tf.gather(jacobian, y, batch_dims=1)
                 return logits, logits - true[:, None], jacobian - true_grad[:, None]
 
-            self._compiled[id(model)] = (boundary, all_boundaries)
-        return self._compiled[id(model)]
+            return boundary, all_boundaries
+
+        return self.compiled(model, "boundaries", build)
 
     def _linearisation(self, model, x, y, target):
         """(logits, f, grad of f) of the boundary to step towards at x."""
@@ -142,7 +142,7 @@ class FAB(CallableAttack):
         n = int(x.shape[0])
         flat_shape = [n, -1]
         x_flat = tf.reshape(x, flat_shape)
-        predict = self._predict_fn(model)
+        predict = self.predictor(model)
         x_now = start
         best = x.numpy().copy()
         best_norm = np.full(n, np.inf)
@@ -160,12 +160,6 @@ class FAB(CallableAttack):
             x_now = tf.where(shrink, x + self.beta * (x_now - x), x_now)
         return best, best_norm
 
-    def _predict_fn(self, model):
-        key = ("predict", id(model))
-        if key not in self._compiled:
-            self._compiled[key] = tf.function(lambda xb: model(xb, training=False), reduce_retracing=True)
-        return self._compiled[key]
-
     def perturb(self, model, x, y):
         """The smallest adversarial example found for each point if its L-inf norm
         is at most eps, else the clean point."""
@@ -174,22 +168,18 @@ class FAB(CallableAttack):
         generator = tf.random.Generator.from_seed(self.seed)
         logits = model(x, training=False)
         robust = (tf.argmax(logits, -1, output_type=tf.int32) == y).numpy()
-        x_out = x.numpy().copy()
         ranked = tf.argsort(logits, axis=-1, direction="DESCENDING").numpy()
         targets = ([ranked[:, rank] for rank in range(1, min(self.n_target_classes, ranked.shape[1] - 1) + 1)]
                    if self.targeted else [ranked[:, 1]])
-        for target in targets:
-            for restart in range(self.n_restarts):
-                todo = np.flatnonzero(robust)
-                if len(todo) == 0:
-                    return tf.constant(x_out)
-                x_todo, y_todo = tf.gather(x, todo), tf.gather(y, todo)
-                start = x_todo
-                if restart > 0:  # later restarts start at a random point of half the radius
-                    noise = generator.uniform(tf.shape(x_todo), -1.0, 1.0)
-                    start = tf.clip_by_value(x_todo + 0.5 * self.eps * noise, 0.0, 1.0)
-                best, best_norm = self._run(model, x_todo, y_todo, tf.constant(target[todo], tf.int32), start)
-                broken = best_norm <= self.eps
-                x_out[todo[broken]] = best[broken]
-                robust[todo[broken]] = False
-        return tf.constant(x_out)
+        runs = [(target, restart) for target in targets for restart in range(self.n_restarts)]
+
+        def attack_run(todo, run):
+            target, restart = run
+            x_todo, y_todo = tf.gather(x, todo), tf.gather(y, todo)
+            # Later restarts start at a random point of half the radius.
+            start = x_todo if restart == 0 else tf.clip_by_value(
+                random_start(x_todo, 0.5 * self.eps, "Linf", generator), 0.0, 1.0)
+            best, best_norm = self._run(model, x_todo, y_todo, tf.constant(target[todo], tf.int32), start)
+            return best, best_norm <= self.eps
+
+        return tf.constant(break_remaining(x.numpy(), robust, runs, attack_run))

@@ -21,7 +21,7 @@ import math
 import tensorflow as tf
 
 from sglr_keras.attacks.losses import LOSSES, check_attack_settings
-from sglr_keras.attacks.base import CallableAttack
+from sglr_keras.attacks.base import CallableAttack, random_start  # noqa: F401  (random_start: re-exported)
 
 
 def project(x_adv, x, eps, norm="Linf"):
@@ -58,19 +58,6 @@ def ascend(model, x, x_start, loss_fn, eps, step_size, steps, norm="Linf"):
     # An explicit while_loop: Keras traces train_step without AutoGraph.
     _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), project(x_start, x, eps, norm)))
     return tf.stop_gradient(x_adv)
-
-
-def random_start(x, eps, norm="Linf", generator: tf.random.Generator | None = None):
-    """A uniform point of the L-inf ball, or a random direction and radius in the
-    L2 ball; drawn from ``generator`` when given (reproducible), else globally."""
-    rng = generator or tf.random
-    if norm == "Linf":
-        return x + rng.uniform(tf.shape(x), -eps, eps, dtype=x.dtype)
-    noise = rng.normal(tf.shape(x), dtype=x.dtype)
-    axes = tf.range(1, tf.rank(x))
-    noise /= tf.sqrt(tf.reduce_sum(tf.square(noise), axis=axes, keepdims=True)) + 1e-12
-    radius = rng.uniform(tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], 0), 0, 1)
-    return x + eps * radius * noise
 
 
 class PGD(CallableAttack):

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from sglr_keras.attacks.losses import check_attack_settings
-from sglr_keras.attacks.base import CallableAttack
+from sglr_keras.attacks.base import CallableAttack, break_remaining
 
 # (fraction of the budget after which p is divided, divisor), from the paper's
 # schedule defined on 10,000 queries. We rescale it to the query budget (with
@@ -63,20 +63,17 @@ class Square(CallableAttack):
         if not 0 < p_init <= 1:
             raise ValueError(f"Square: p_init must be in (0, 1], got {p_init!r}")
         self.eps, self.n_queries, self.p_init, self.n_restarts, self.seed = eps, n_queries, p_init, n_restarts, seed
-        self._compiled = {}
 
     def _margin_fn(self, model):
-        if id(model) not in self._compiled:
-            predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        predict = self.predictor(model)
 
-            def margin(x, y):
-                logits = predict(tf.constant(x, tf.float32)).numpy()
-                true = logits[np.arange(len(y)), y]
-                logits[np.arange(len(y)), y] = -np.inf
-                return true - logits.max(axis=1)
+        def margin(x, y):
+            logits = predict(tf.constant(x, tf.float32)).numpy()
+            true = logits[np.arange(len(y)), y]
+            logits[np.arange(len(y)), y] = -np.inf
+            return true - logits.max(axis=1)
 
-            self._compiled[id(model)] = margin
-        return self._compiled[id(model)]
+        return margin
 
     def _run(self, margin, x, y, rng):
         n, height, width, channels = x.shape
@@ -116,14 +113,10 @@ class Square(CallableAttack):
         y = np.asarray(y, np.int64)
         margin = self._margin_fn(model)
         rng = np.random.default_rng(self.seed)
-        x_out = x.copy()
         robust = margin(x, y) > 0
-        for _ in range(self.n_restarts):
-            todo = np.flatnonzero(robust)
-            if len(todo) == 0:
-                break
+
+        def attack_run(todo, _restart):
             x_adv, still_robust = self._run(margin, x[todo], y[todo], rng)
-            fooled = ~still_robust
-            x_out[todo[fooled]] = x_adv[fooled]
-            robust[todo[fooled]] = False
-        return tf.constant(x_out)
+            return x_adv, ~still_robust
+
+        return tf.constant(break_remaining(x, robust, range(self.n_restarts), attack_run))
