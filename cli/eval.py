@@ -144,7 +144,7 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
                 "steps": steps,
                 "step_size": step_size, "seed": seed, "autoattack_version": aa_version,
                 "excluded_selection_points": len(excluded)}
-    checkpoints.record_evaluation(checkpoint, results, settings)
+    checkpoints.record_evaluation(checkpoint, report, settings)
     if json_path == "-":
         click.echo(json.dumps(results, indent=2))
     elif json_path:

@@ -93,7 +93,7 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
     return digest.hexdigest()
 
 
-def record_evaluation(checkpoint: str | Path, results: dict, settings: dict) -> None:
+def record_evaluation(checkpoint: str | Path, report, settings: dict) -> None:
     """Keep what was measured beside a ``.keras`` checkpoint, tied to its content
     hash and to the full attack settings: one entry per (attack, settings), so a
     weaker evaluation never replaces a stronger one, and a record of other weights
@@ -105,12 +105,12 @@ def record_evaluation(checkpoint: str | Path, results: dict, settings: dict) -> 
     path = evaluation_record_path(checkpoint)
     digest = checkpoint_digest(checkpoint)
     entries = _read_record(path, digest)
-    measured = {"clean": results["clean_accuracy"], **results["robust_accuracy"]}
+    measured = {"clean": report.clean_accuracy, **{a.name: a.robust_accuracy for a in report.attacks}}
     for attack, accuracy in measured.items():
         entry = {"attack": attack, "accuracy": accuracy, "settings": settings}
         if attack == "autoattack":
             # e.g. "AutoAttack-L2 partial (APGD-CE + APGD-T)": the card says what ran.
-            entry["label"] = results.get("autoattack", {}).get("label")
+            entry["label"] = report.autoattack_label
         entries = [e for e in entries if (e["attack"], e["settings"]) != (attack, settings)] + [entry]
     try:
         atomic_write_text(path, json.dumps({"checkpoint_sha256": digest, "entries": entries}, indent=2))

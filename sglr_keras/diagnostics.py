@@ -42,9 +42,10 @@ def determinism_check(runner, x) -> dict:
     }
 
 
-def gradient_masking_checks(results: dict, runner, x, y, clean_correct, norm: str = "Linf") -> list[dict]:
+def gradient_masking_checks(report, runner, x, y, clean_correct, norm: str = "Linf") -> list[dict]:
+    """The checks on an :class:`~sglr_keras.EvaluationReport` and its points."""
     checks = [determinism_check(runner, x)]
-    robust = results["robust_accuracy"]
+    robust = {outcome.name: outcome.robust_accuracy for outcome in report.attacks}
     if "pgd" in robust and "autoattack" in robust:
         spread = robust["pgd"] - robust["autoattack"]
         flagged = spread > PGD_AA_SPREAD_LIMIT
@@ -54,9 +55,9 @@ def gradient_masking_checks(results: dict, runner, x, y, clean_correct, norm: st
                         "gradients are likely masked; report AutoAttack, not PGD."
                         if flagged else f"PGD and AutoAttack agree within {100 * spread:.1f} points."),
         })
-    stages = results.get("autoattack", {}).get("stages", [])
-    if len(stages) >= 2 and stages[-1]["attack"] == "square":
-        gain = stages[-2]["robust_accuracy_after"] - stages[-1]["robust_accuracy_after"]
+    stages = report.autoattack_stages
+    if len(stages) >= 2 and stages[-1].attack == "square":
+        gain = stages[-2].robust_accuracy_after - stages[-1].robust_accuracy_after
         flagged = gain > SQUARE_GAIN_LIMIT
         checks.append({
             "check": "black_box_finds_more", "value": gain, "flagged": flagged,

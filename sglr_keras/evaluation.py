@@ -7,7 +7,8 @@ clean input and the attacked input correctly (the AutoAttack convention).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Callable
 
 import numpy as np
@@ -29,10 +30,6 @@ class AttackResult:
     robust_accuracy: float
     seconds: float
     robust_mask: np.ndarray = field(repr=False)
-
-    def to_json(self) -> dict:
-        return {"robust_accuracy": self.robust_accuracy, "seconds": round(self.seconds, 3),
-                "n_robust": int(self.robust_mask.sum())}
 
 
 class ModelRunner:
@@ -130,6 +127,11 @@ class EvaluationSpec:
         if self.batch_size < 1 or (self.steps is not None and self.steps < 1):
             raise ValueError("batch_size and steps must be at least 1")
 
+    def build(self) -> list:
+        """The attack objects this spec names, in order."""
+        return [build_attack(name, self.eps, self.norm, self.steps, self.step_size, self.seed,
+                             self.autoattack_version) for name in self.attacks]
+
 
 def attack_settings(attack) -> dict:
     """The budget an attack object ran with: norm, eps and whichever of steps,
@@ -162,8 +164,6 @@ def evaluate(model, x, y, attacks=("pgd",), eps: float = 8 / 255, norm: str = "L
     >>> report.robust_accuracy("pgd") <= report.clean_accuracy
     True
     """
-    from sglr_keras.evaluation_report import EvaluationReport
-
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y).astype(np.int64)
     if x.ndim != 4 or len(x) != len(y):
@@ -171,68 +171,54 @@ def evaluate(model, x, y, attacks=("pgd",), eps: float = 8 / 255, norm: str = "L
                          f"{len(y)} labels")
     if isinstance(attacks, str):
         attacks = [attacks]
-    names = [a for a in attacks if isinstance(a, str)]
-    objects = [a for a in attacks if not isinstance(a, str)]
-    spec = EvaluationSpec(tuple(names), eps, norm, steps, step_size, batch_size, version, seed, diagnose)
-    results = run_evaluation(model, x, y, spec, on_attack_start, on_batch)
-    settings = {name: attack_settings(build_attack(name, eps, norm, steps, step_size, seed, version))
-                for name in names}
-    if objects:
-        runner = ModelRunner(model, batch_size)
-        correct = runner.correct(x, y)
-        worst = correct.copy()
-        for attack in objects:
-            if on_attack_start:
-                on_attack_start(attack.name, int(correct.sum()))
-            outcome = runner.attack(attack, x, y, correct, on_batch)
-            name = attack.name if attack.name not in results["attacks"] else f"{attack.name}#{len(results['attacks'])}"
-            results["robust_accuracy"][name] = outcome.robust_accuracy
-            results["attacks"][name] = outcome.to_json()
-            settings[name] = attack_settings(attack)
-            worst &= outcome.robust_mask
-        # The per-point worst case needs every attack's points: only without named ones.
-        results.pop("worst_case_robust_accuracy", None)
-        if not names and len(objects) > 1:
-            results["worst_case_robust_accuracy"] = float(worst.mean())
-    return EvaluationReport.from_results(results, settings)
+    names = tuple(a for a in attacks if isinstance(a, str))
+    spec = EvaluationSpec(names, eps, norm, steps, step_size, batch_size, version, seed, diagnose)
+    built = iter(spec.build())
+    return run_evaluation(model, x, y, spec, on_attack_start, on_batch,
+                          attacks=[next(built) if isinstance(a, str) else a for a in attacks])
 
 
 def run_evaluation(model, x: np.ndarray, y: np.ndarray, spec: EvaluationSpec,
                    on_attack_start: Callable[[str, int], None] | None = None,
-                   on_batch: Callable[[int], None] | None = None) -> dict:
-    """Clean accuracy and robust accuracy under each attack of ``spec`` (each on
-    every correctly classified point); ``autoattack`` runs the suite in sequence
-    and reports every stage. With several attacks, also the worst case per point.
-    Accuracies are fractions."""
-    attacks, eps, norm, batch_size, seed = spec.attacks, spec.eps, spec.norm, spec.batch_size, spec.seed
-    runner = ModelRunner(model, batch_size)
+                   on_batch: Callable[[int], None] | None = None, attacks: list | None = None):
+    """Clean accuracy and robust accuracy under each attack (``attacks``: attack
+    objects; default the ones ``spec`` names), each on every correctly classified
+    point; an AutoAttack suite runs its stages in sequence and reports every
+    stage. With several attacks, also the worst case per point. Returns an
+    :class:`~sglr_keras.EvaluationReport` (accuracies are fractions)."""
+    from sglr_keras.attacks.autoattack import AutoAttack
+    from sglr_keras.evaluation_report import AttackOutcome, AutoAttackStage, EvaluationReport
+
+    attacks = spec.build() if attacks is None else attacks
+    runner = ModelRunner(model, spec.batch_size)
     logits = runner.logits(x)
     correct = np.argmax(logits, axis=-1) == y
-    results = {"n_examples": int(len(y)), "eps": eps, "norm": norm, "clean_accuracy": float(correct.mean()),
-               "ece": expected_calibration_error(logits, y), "robust_accuracy": {}, "attacks": {}}
-    worst = correct.copy()
-    for name in attacks:
-        if name == "autoattack":
-            suite = build_attack("autoattack", eps, norm, seed=seed, version=spec.autoattack_version)
-            stages = suite.run(runner, x, y, correct, on_attack_start, on_batch)
-            final = stages[-1].robust_mask
-            results["autoattack"] = {
-                "version": spec.autoattack_version, "label": suite.label, "notes": suite.notes,
-                "stages": [{"attack": s.name, "robust_accuracy_after": s.robust_accuracy,
-                            "seconds": round(s.seconds, 3)} for s in stages]}
-            result = AttackResult("autoattack", float(final.mean()), sum(s.seconds for s in stages), final)
+    outcomes, worst, suite_facts = [], correct.copy(), {}
+    for attack in attacks:
+        if isinstance(attack, AutoAttack):
+            stages = attack.run(runner, x, y, correct, on_attack_start, on_batch)
+            mask, seconds = stages[-1].robust_mask, sum(stage.seconds for stage in stages)
+            suite_facts = dict(autoattack_label=attack.label, autoattack_version=attack.version,
+                               autoattack_notes=tuple(attack.notes),
+                               autoattack_stages=tuple(AutoAttackStage(s.name, s.robust_accuracy, round(s.seconds, 3))
+                                                       for s in stages))
         else:
             if on_attack_start:
-                on_attack_start(name, int(correct.sum()))
-            attack = build_attack(name, eps, norm, spec.steps, spec.step_size, seed)
+                on_attack_start(attack.name, int(correct.sum()))
             result = runner.attack(attack, x, y, correct, on_batch)
-        results["robust_accuracy"][name] = result.robust_accuracy
-        results["attacks"][name] = result.to_json()
-        worst &= result.robust_mask
-    if len(attacks) > 1:
-        results["worst_case_robust_accuracy"] = float(worst.mean())
+            mask, seconds = result.robust_mask, result.seconds
+        taken = {outcome.name for outcome in outcomes}
+        name = attack.name if attack.name not in taken else f"{attack.name}#{len(outcomes)}"
+        outcomes.append(AttackOutcome(name, float(mask.mean()) if len(mask) else 0.0, int(mask.sum()),
+                                      round(seconds, 3), MappingProxyType(attack_settings(attack))))
+        worst &= mask
+    report = EvaluationReport(int(len(y)), norm=spec.norm, eps=spec.eps, clean_accuracy=float(correct.mean()),
+                              ece=expected_calibration_error(logits, y), attacks=tuple(outcomes),
+                              worst_case_robust_accuracy=float(worst.mean()) if len(outcomes) > 1 else None,
+                              **suite_facts)
     if spec.diagnose:
         from sglr_keras.diagnostics import gradient_masking_checks
 
-        results["diagnostics"] = gradient_masking_checks(results, runner, x, y, correct, norm)
-    return results
+        checks = gradient_masking_checks(report, runner, x, y, correct, spec.norm)
+        report = replace(report, diagnostics=tuple(MappingProxyType(check) for check in checks))
+    return report

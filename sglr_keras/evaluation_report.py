@@ -23,6 +23,9 @@ class AttackOutcome:
     n_robust: int
     seconds: float
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # Set when the attack ran on fewer points than the report's (e.g. AutoAttack
+    # on the first 100 of 500): its accuracy is over these points.
+    n_examples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,9 @@ class EvaluationReport:
                   "clean_accuracy": self.clean_accuracy, "ece": self.ece,
                   "robust_accuracy": {a.name: a.robust_accuracy for a in self.attacks},
                   "attacks": {a.name: {"robust_accuracy": a.robust_accuracy, "seconds": a.seconds,
-                                       "n_robust": a.n_robust, **dict(a.settings)} for a in self.attacks}}
+                                       "n_robust": a.n_robust, **dict(a.settings),
+                                       **({"n_examples": a.n_examples} if a.n_examples is not None else {})}
+                              for a in self.attacks}}
         if self.worst_case_robust_accuracy is not None:
             result["worst_case_robust_accuracy"] = self.worst_case_robust_accuracy
         if self.autoattack_stages:
@@ -94,18 +99,21 @@ class EvaluationReport:
                 f"| clean | {100 * self.clean_accuracy:.1f} | {self.n_examples} | |"]
         for outcome in self.attacks:
             settings = ", ".join(f"{k} {v}" for k, v in outcome.settings.items())
-            rows.append(f"| {outcome.name} | {100 * outcome.robust_accuracy:.1f} | {self.n_examples} | {settings} |")
+            points = outcome.n_examples if outcome.n_examples is not None else self.n_examples
+            rows.append(f"| {outcome.name} | {100 * outcome.robust_accuracy:.1f} | {points} | {settings} |")
         if self.worst_case_robust_accuracy is not None and len(self.attacks) > 1:
             rows.append(f"| worst case | {100 * self.worst_case_robust_accuracy:.1f} | {self.n_examples} | |")
         return "\n".join(rows)
 
     @classmethod
-    def from_results(cls, results: dict, settings: Mapping[str, Mapping[str, Any]] | None = None) -> "EvaluationReport":
-        """From the dict :func:`sglr_keras.evaluation.run_evaluation` returns."""
-        settings = settings or {}
+    def from_dict(cls, results: dict) -> "EvaluationReport":
+        """The report :meth:`to_dict` wrote (a JSON record read back)."""
+        known = ("robust_accuracy", "seconds", "n_robust", "n_examples")
         attacks = tuple(
             AttackOutcome(name, float(entry["robust_accuracy"]), int(entry.get("n_robust", 0)),
-                          float(entry.get("seconds", 0.0)), MappingProxyType(dict(settings.get(name, {}))))
+                          float(entry.get("seconds", 0.0)),
+                          MappingProxyType({k: v for k, v in entry.items() if k not in known}),
+                          entry.get("n_examples"))
             for name, entry in results.get("attacks", {}).items())
         autoattack = results.get("autoattack") or {}
         stages = tuple(AutoAttackStage(s["attack"], float(s["robust_accuracy_after"]), float(s["seconds"]))

@@ -193,3 +193,22 @@ def test_evaluate_returns_a_frozen_typed_report():
         report.robust_accuracy("autoattack")
     with pytest.raises(ValueError, match="images"):
         sk.evaluate(model, x[:, :, :, 0], y)
+
+
+def test_an_evaluation_report_survives_its_json_and_reports_attack_objects_with_their_settings():
+    import json
+
+    import keras
+    import numpy as np
+
+    from sglr_keras import PGD, EvaluationReport, evaluate
+
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(size=(12, 4, 4, 1)).astype("float32"), np.arange(12) % 3
+    report = evaluate(model, x, y, attacks=["pgd", PGD(eps=0.05, step_size=0.01, steps=3)], eps=0.05)
+    assert [a.name for a in report.attacks] == ["pgd", "pgd#1"]
+    assert dict(report.attacks[1].settings)["steps"] == 3 and dict(report.attacks[0].settings)["steps"] == 20
+    assert report.worst_case_robust_accuracy <= min(a.robust_accuracy for a in report.attacks)
+    again = EvaluationReport.from_dict(json.loads(report.to_json()))
+    assert again.to_dict() == report.to_dict() and again.table() == report.table()

@@ -78,11 +78,15 @@ def test_aa_report_names_who_attacked_each_checkpoint_and_refuses_other_points(t
     indices = [3, 1, 4]
     runs = tmp_path / "runs"
 
-    def final(run, checkpoint, pgd):  # the run's own final attacks on the 3 points
+    def final(run, checkpoint, pgd):  # the run's own final attacks on the 3 points, as sglr reproduce caches them
+        from sglr_keras.evaluation_report import AttackOutcome, EvaluationReport
+        from sglr_keras.reproduce.final import FinalRecord
+
         (runs / run).mkdir(parents=True, exist_ok=True)
+        report = EvaluationReport(3, "Linf", 0.1, 1.0, 0.0, tuple(AttackOutcome(a, pgd, round(3 * pgd), 1.0)
+                                                                  for a in ("pgd", "cw")))
         (runs / run / f"{checkpoint}.keras.final.json").write_text(json.dumps(
-            {"n_examples": 3, "clean_accuracy": 1.0, "test_indices_digest": points_digest(indices),
-             "robust_accuracy": {"pgd": pgd, "cw": pgd}}))
+            FinalRecord(report, {}, points_digest(indices)).to_dict()))
 
     def aa(robust, with_indices=True):
         return {"n_examples": 3, "clean_accuracy": 1.0, "robust_accuracy": robust,

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from sglr_keras.runs import points_digest
+from sglr_keras.reproduce.final import read_final_record
 from sglr_keras.reproduce.report import PAIRED_COLUMNS, SEED_SUFFIX, mean_and_spread, paired_differences
 
 
@@ -30,16 +31,19 @@ def rows(runs_dir: Path, results: dict[str, dict]) -> list[dict]:
     for key in sorted(results, key=order):
         run, checkpoint = key.split("__")
         aa = results[key]
-        final = json.loads((runs_dir / run / f"{checkpoint}.keras.final.json").read_text())
+        record = read_final_record(runs_dir / run / f"{checkpoint}.keras")
+        if record is None:
+            raise SystemExit(f"{key}: no final evaluation beside the checkpoint; run sglr reproduce first")
+        final = record.report
         if "test_indices" in aa:
-            same = points_digest(aa["test_indices"]) == final["test_indices_digest"]
+            same = points_digest(aa["test_indices"]) == record.test_indices_digest
         else:
-            same = aa["n_examples"] == final["n_examples"] and abs(aa["clean_accuracy"] - final["clean_accuracy"]) < 1e-4
+            same = aa["n_examples"] == final.n_examples and abs(aa["clean_accuracy"] - final.clean_accuracy) < 1e-4
         if not same:
             raise SystemExit(f"{key}: the AutoAttack points are not the final evaluation's points")
-        robust = final["robust_accuracy"]
-        table.append({"run": run, "checkpoint": checkpoint, "n": aa["n_examples"], "clean": final["clean_accuracy"],
-                      "pgd": robust["pgd"], "cw": robust.get("cw"), "aa": aa["robust_accuracy"],
+        cw = next((a.robust_accuracy for a in final.attacks if a.name == "cw"), None)
+        table.append({"run": run, "checkpoint": checkpoint, "n": aa["n_examples"], "clean": final.clean_accuracy,
+                      "pgd": final.robust_accuracy("pgd"), "cw": cw, "aa": aa["robust_accuracy"],
                       "by": aa.get("attacked_by", "")})
     return table
 

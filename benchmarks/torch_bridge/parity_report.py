@@ -21,11 +21,13 @@ CURVES = (("loss", "loss"), ("acc", "train adversarial accuracy"), ("test_robust
 
 def _ours(run_dir: Path) -> tuple[list[dict], dict]:
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+    from sglr_keras.reproduce.final import read_final_record
+
     final = {}
     for checkpoint in ("best", "last"):
-        record = run_dir / f"{checkpoint}.keras.final.json"
-        if record.is_file():
-            final[checkpoint] = json.loads(record.read_text())["robust_accuracy"]["pgd"]
+        record = read_final_record(run_dir / f"{checkpoint}.keras")
+        if record is not None:
+            final[checkpoint] = record.report.robust_accuracy("pgd")
     return history, final
 
 

@@ -4,13 +4,14 @@ disjoint from the ones that picked the best epoch, cached beside the checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from sglr_keras.attacks import ALL
 from sglr_keras.config import TrainConfig
 from sglr_keras.errors import UserError
+from sglr_keras.evaluation_report import EvaluationReport
 from sglr_keras.io import atomic_write_text
 from sglr_keras.runs import final_test_indices, points_digest  # noqa: F401 (re-exported for callers)
 from sglr_keras.runs.folder import final_record_path
@@ -36,7 +37,7 @@ def final_attacks(final: FinalEvaluation, run: str, checkpoint: str) -> list[str
 
 def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvaluation, load_bundle: Callable,
                         on_attack_start: Callable | None = None, on_batch: Callable | None = None,
-                        run: str | None = None) -> dict:
+                        run: str | None = None) -> FinalRecord:
     """Attack one checkpoint as ``final`` says, on test points disjoint from the
     ``evaluation.n_test`` points that picked the best epoch; cached beside the
     checkpoint and reused while the settings (``CACHE_KEYS``) and the checkpoint's
@@ -53,16 +54,12 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
     settings = {**json.loads(json.dumps(asdict(final))), "attacks": attacks, "eps": config.attack.eps,
                 "selection_points": points_digest(selection["test_indices"]) if selection else None,
                 "checkpoint_sha256": checkpoint_digest(checkpoint)}
-    cache = final_evaluation_path(checkpoint)
-    if cache.is_file():
-        try:
-            cached = json.loads(cache.read_text())
-            # AutoAttack's subset size only matters where AutoAttack runs.
-            keys = [k for k in CACHE_KEYS if k != "autoattack_examples" or "autoattack" in attacks]
-            if all(cached.get("settings", {}).get(k) == settings[k] for k in keys):
-                return cached
-        except json.JSONDecodeError:
-            pass
+    cached = read_final_record(checkpoint)
+    if cached is not None:
+        # AutoAttack's subset size only matters where AutoAttack runs.
+        keys = [k for k in CACHE_KEYS if k != "autoattack_examples" or "autoattack" in attacks]
+        if all(cached.settings.get(k) == settings[k] for k in keys):
+            return cached
     bundle = load_bundle()
     indices = final_test_indices(bundle, checkpoint.parent, selection, final.n_examples, final.seed)
     x, y = bundle.test_points(indices)
@@ -77,23 +74,56 @@ def evaluate_checkpoint(checkpoint: Path, config: TrainConfig, final: FinalEvalu
         return EvaluationSpec(tuple(names), config.attack.eps, batch_size=final.batch_size, seed=final.seed,
                               diagnose=diagnose)
 
+    subset_facts = None
     if "autoattack" not in attacks or subset is None or subset >= len(y):
-        results = run_evaluation(model, x, y, spec(attacks, "autoattack" in attacks), on_attack_start, on_batch)
+        report = run_evaluation(model, x, y, spec(attacks, "autoattack" in attacks), on_attack_start, on_batch)
     else:
-        results = run_evaluation(model, x, y, spec([a for a in attacks if a != "autoattack"]), on_attack_start,
-                                 on_batch)
+        report = run_evaluation(model, x, y, spec([a for a in attacks if a != "autoattack"]), on_attack_start,
+                                on_batch)
         on_subset = run_evaluation(model, x[:subset], y[:subset], spec(["pgd", "autoattack"], True),
                                    on_attack_start, on_batch)
-        results["robust_accuracy"]["autoattack"] = on_subset["robust_accuracy"]["autoattack"]
-        results["attacks"]["autoattack"] = on_subset["attacks"]["autoattack"]
-        results["autoattack"] = on_subset["autoattack"]
-        results["diagnostics"] = on_subset["diagnostics"]
-        results["autoattack_subset"] = {"n_examples": on_subset["n_examples"],
-                                        "clean_accuracy": on_subset["clean_accuracy"],
-                                        "pgd": on_subset["robust_accuracy"]["pgd"]}
-    results["settings"] = settings
-    results["test_indices_digest"] = points_digest(indices.tolist())
-    atomic_write_text(cache, json.dumps(results, indent=2))
-    return results
+        suite = replace(next(a for a in on_subset.attacks if a.name == "autoattack"), n_examples=on_subset.n_examples)
+        report = replace(report, attacks=report.attacks + (suite,), diagnostics=on_subset.diagnostics,
+                         autoattack_label=on_subset.autoattack_label, autoattack_stages=on_subset.autoattack_stages,
+                         autoattack_version=on_subset.autoattack_version, autoattack_notes=on_subset.autoattack_notes)
+        # PGD and clean accuracy on the same subset, to read AutoAttack against.
+        subset_facts = {"n_examples": on_subset.n_examples, "clean_accuracy": on_subset.clean_accuracy,
+                        "pgd": on_subset.robust_accuracy("pgd")}
+    record = FinalRecord(report, settings, points_digest(indices.tolist()), subset_facts)
+    atomic_write_text(final_evaluation_path(checkpoint), json.dumps(record.to_dict(), indent=2))
+    return record
 
 
+@dataclass(frozen=True)
+class FinalRecord:
+    """A checkpoint's final evaluation as cached beside it: the report, the
+    settings that decide whether the cache still holds, which test points, and
+    (when AutoAttack ran on a subset) clean and PGD accuracy on that subset."""
+
+    report: EvaluationReport
+    settings: dict
+    test_indices_digest: str | None = None
+    autoattack_subset: dict | None = None
+
+    def to_dict(self) -> dict:
+        record = {**self.report.to_dict(), "settings": self.settings, "test_indices_digest": self.test_indices_digest}
+        if self.autoattack_subset is not None:
+            record["autoattack_subset"] = self.autoattack_subset
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "FinalRecord":
+        return cls(EvaluationReport.from_dict(record), dict(record.get("settings", {})),
+                   record.get("test_indices_digest"), record.get("autoattack_subset"))
+
+
+def read_final_record(checkpoint: Path) -> FinalRecord | None:
+    """The cached final evaluation of ``checkpoint``, or None (missing or unreadable:
+    it is recomputed)."""
+    path = final_evaluation_path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        return FinalRecord.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None

@@ -10,10 +10,10 @@ from pathlib import Path
 from sglr_keras.config import SGLR_METHODS, TrainConfig
 from sglr_keras.io import atomic_write_text
 from sglr_keras.reproduce.experiment import CHECKPOINTS, Experiment
-from sglr_keras.reproduce.final import final_evaluation_path
+from sglr_keras.reproduce.final import read_final_record
 from sglr_keras.runs import RunFolder
 
-def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict[str, dict]) -> dict:
+def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict) -> dict:
     """One row of the results: training curve facts and the final attacks."""
     from sglr_keras.training.callbacks import read_history
     from sglr_keras.runs.summary import summarize
@@ -42,18 +42,18 @@ def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict[
         "train_wall_seconds": sum(r.get("seconds", 0.0) for r in history),
         "checkpoints": {},
     }
-    for checkpoint, results in evaluations.items():
-        attacks = results.get("attacks", {})
+    for checkpoint, record in evaluations.items():
+        report = record.report
         result["checkpoints"][checkpoint] = {
-            "clean": results["clean_accuracy"],
-            "ece": results.get("ece"),
-            **{attack: detail["robust_accuracy"] for attack, detail in attacks.items()},
-            "worst_case": results.get("worst_case_robust_accuracy"),
-            "autoattack_stages": results.get("autoattack", {}).get("stages"),
-            "eval_seconds": sum(detail["seconds"] for detail in attacks.values()),
-            "n_examples": results["n_examples"],
-            "autoattack_subset": results.get("autoattack_subset"),
-            "flags": [check["message"] for check in results.get("diagnostics", []) if check["flagged"]],
+            "clean": report.clean_accuracy,
+            "ece": report.ece,
+            **{outcome.name: outcome.robust_accuracy for outcome in report.attacks},
+            "worst_case": report.worst_case_robust_accuracy,
+            "autoattack_stages": [vars(stage) for stage in report.autoattack_stages] or None,
+            "eval_seconds": sum(outcome.seconds for outcome in report.attacks),
+            "n_examples": report.n_examples,
+            "autoattack_subset": record.autoattack_subset,
+            "flags": [check["message"] for check in report.diagnostics if check["flagged"]],
         }
     best, last = result["checkpoints"].get("best"), result["checkpoints"].get("last")
     if best and last:
@@ -250,9 +250,9 @@ def write_report(experiment: Experiment, runs_dir: Path, report_dir: Path, comma
             continue
         evaluations = {}
         for checkpoint in experiment.final.checkpoints:
-            cache = final_evaluation_path(run_dir / f"{checkpoint}.keras")
-            if cache.is_file():
-                evaluations[checkpoint] = json.loads(cache.read_text())
+            record = read_final_record(run_dir / f"{checkpoint}.keras")
+            if record is not None:
+                evaluations[checkpoint] = record
         results.append(run_result(name, run_dir, config, evaluations))
         finished.append(run_dir)
     if not finished:

@@ -45,10 +45,10 @@ def reproduce(experiment: Experiment, runs_dir: Path, report_dir: Path, only: li
                 def on_attack_start(attack, n_points, task=task, label=f"{name} {checkpoint}"):
                     progress.reset(task, total=n_points, description=f"{label}: {attack}")
 
-                results = evaluate_checkpoint(path, config, experiment.final, load_bundle, on_attack_start,
-                                              lambda n, task=task: progress.advance(task, n), run=name)
-            summary = ", ".join(f"{a} {100 * v:.1f}" for a, v in results["robust_accuracy"].items())
-            console.print(f"{name} {checkpoint}: clean {100 * results['clean_accuracy']:.1f}, {summary}",
+                report = evaluate_checkpoint(path, config, experiment.final, load_bundle, on_attack_start,
+                                             lambda n, task=task: progress.advance(task, n), run=name).report
+            summary = ", ".join(f"{a.name} {100 * a.robust_accuracy:.1f}" for a in report.attacks)
+            console.print(f"{name} {checkpoint}: clean {100 * report.clean_accuracy:.1f}, {summary}",
                           highlight=False)
 
     return write_report(experiment, runs_dir, report_dir, command)
