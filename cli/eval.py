@@ -43,20 +43,56 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     import keras
 
     from sglr_keras import checkpoints
-    from sglr_keras.attacks.budget import budget_problem
-    from sglr_keras.config import _fraction
     from sglr_keras.data import load_dataset
     from sglr_keras.errors import UserError
     from sglr_keras.estimate import evaluation_passes, long_work_note
-    from sglr_keras.evaluation import ALL
     from sglr_keras.evaluation import evaluate as evaluate_model
     from sglr_keras.io import atomic_write_text
-    from sglr_keras.runs.points import held_out_indices
 
     run = checkpoints.run_info_for(checkpoint)
     dataset = dataset or run.get("run", {}).get("dataset")
     if dataset is None:
         raise UserError("no --dataset given and the checkpoint is not in a run folder; pass --dataset")
+    eps, step_size, attacks, diagnose = _checked_options(run, attack_names, norm, eps, steps, step_size, n_examples,
+                                                         batch_size, seed, json_path)
+    model = checkpoints.load_classifier(checkpoint)
+    bundle = load_dataset(dataset, data_dir)
+    checkpoints.check_compatible(model, bundle.input_shape, bundle.num_classes, dataset)
+    x, y, excluded = _held_out_points(run, bundle, dataset, n_examples, seed, include_selection_points)
+    keras.utils.set_random_seed(seed)
+    note = long_work_note("this evaluation", evaluation_passes(attacks, len(y), steps, bundle.num_classes), model,
+                          bundle.input_shape)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("clean", total=len(y))
+
+        def on_attack_start(name, n_points):
+            progress.reset(task, total=n_points, description=name)
+
+        report = evaluate_model(model, x, y, attacks, eps, norm, steps, step_size, batch_size, aa_version, seed,
+                                diagnose, on_attack_start, lambda n: progress.advance(task, n))
+    _show(report, f"{checkpoint} on {dataset} ({len(y)} test points, {norm} eps {eps:.4g})", json_path == "-")
+    settings = {"dataset": dataset, "data_dir": data_dir, "n_examples": int(len(y)), "eps": eps, "norm": norm,
+                "steps": steps, "step_size": step_size, "seed": seed, "autoattack_version": aa_version,
+                "excluded_selection_points": len(excluded)}
+    checkpoints.record_evaluation(checkpoint, report, settings)
+    results = {**report.to_dict(), "checkpoint": str(checkpoint), "dataset": dataset, "seed": seed}
+    if json_path == "-":
+        click.echo(json.dumps(results, indent=2))
+    elif json_path:
+        atomic_write_text(json_path, json.dumps(results, indent=2))
+
+
+def _checked_options(run, attack_names, norm, eps, steps, step_size, n_examples, batch_size, seed, json_path):
+    """The options checked before anything loads: (eps, step size, attacks, diagnose)."""
+    from sglr_keras.attacks.budget import budget_problem
+    from sglr_keras.config import _fraction
+    from sglr_keras.errors import UserError
+    from sglr_keras.evaluation import ALL
+
     if norm == "L2" and eps is None:
         raise UserError("--norm L2 needs --eps (an L2 radius, e.g. 0.5 for CIFAR): the run's training eps is an "
                         "L-inf radius")
@@ -83,12 +119,15 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     attacks = list(ALL) if "all" in attacks else list(dict.fromkeys(attacks))
     if norm == "L2" and {"fgsm", "square", "fab", "fab-t"} & set(attacks):
         raise UserError("fgsm, square, fab and fab-t are L-inf attacks here; drop them or use --norm Linf")
+    return eps, step_size, attacks, diagnose
 
-    model = checkpoints.load_classifier(checkpoint)
-    bundle = load_dataset(dataset, data_dir)
-    checkpoints.check_compatible(model, bundle.input_shape, bundle.num_classes, dataset)
-    # The test points that picked a run's best epoch are left out by default: an
-    # accuracy measured on them is biased upwards for best.keras.
+
+def _held_out_points(run, bundle, dataset, n_examples, seed, include_selection_points):
+    """The test points to attack: ``held_out_indices``'s rule, which leaves out the
+    points that picked a run's best epoch unless asked to keep them (x, y, left out)."""
+    from sglr_keras.errors import UserError
+    from sglr_keras.runs.points import held_out_indices
+
     selection = run.get("selection_test_indices")
     excluded = list(selection) if selection and dataset == run.get("run", {}).get("dataset") else []
     if excluded and not include_selection_points:
@@ -103,24 +142,12 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
         raise UserError(f"all {len(bundle.y_test)} test points of {dataset} picked this run's best epoch, so none is "
                         "left to evaluate on; retrain with a smaller evaluation.n_test, or pass "
                         "--include-selection-points (best.keras's accuracy is then biased upwards)")
-    keras.utils.set_random_seed(seed)
-    note = long_work_note("this evaluation", evaluation_passes(attacks, len(y), steps, bundle.num_classes), model,
-                          bundle.input_shape)
-    if note:
-        console.print(note, highlight=False, soft_wrap=True)
+    return x, y, excluded
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("clean", total=len(y))
 
-        def on_attack_start(name, n_points):
-            progress.reset(task, total=n_points, description=name)
-
-        report = evaluate_model(model, x, y, attacks, eps, norm, steps, step_size, batch_size, aa_version, seed,
-                                diagnose, on_attack_start, lambda n: progress.advance(task, n))
-    results = {**report.to_dict(), "checkpoint": str(checkpoint), "dataset": dataset, "seed": seed}
-
-    table = Table(title=f"{checkpoint} on {dataset} ({len(y)} test points, {norm} eps {eps:.4g})")
+def _show(report, title: str, json_to_stdout: bool) -> None:
+    """The report as a table, its AutoAttack notes and its diagnostics."""
+    table = Table(title=title)
     table.add_column("attack")
     table.add_column("accuracy", justify="right")
     table.add_column("seconds", justify="right")
@@ -134,18 +161,9 @@ def evaluate(checkpoint, dataset, data_dir, attack_names, aa_version, norm, eps,
     if report.worst_case_robust_accuracy is not None:
         table.add_row("worst case", f"{report.worst_case_robust_accuracy:.2%}", "")
     # With --json - the JSON is what goes to standard output; the table to stderr.
-    (console if json_path == "-" else results_console).print(table)
+    (console if json_to_stdout else results_console).print(table)
     for note in report.autoattack_notes:
         console.print(f"note: {note}", highlight=False)
     for check in report.diagnostics:
         mark = "[bold yellow]WARNING[/]" if check["flagged"] else "[green]ok[/]"
         console.print(f"{mark} {check['message']}", highlight=False, soft_wrap=True)
-    settings = {"dataset": dataset, "data_dir": data_dir, "n_examples": int(len(y)), "eps": eps, "norm": norm,
-                "steps": steps,
-                "step_size": step_size, "seed": seed, "autoattack_version": aa_version,
-                "excluded_selection_points": len(excluded)}
-    checkpoints.record_evaluation(checkpoint, report, settings)
-    if json_path == "-":
-        click.echo(json.dumps(results, indent=2))
-    elif json_path:
-        atomic_write_text(json_path, json.dumps(results, indent=2))
