@@ -204,3 +204,26 @@ def test_a_run_another_process_is_training_is_skipped_and_the_rest_go_on(tmp_pat
     assert result.exit_code == 0, result.output
     assert "pgd-at: another process is training it; skipped here" in result.output
     assert list(busy.iterdir()) == [] and (tmp_path / "runs" / "standard" / "summary.json").is_file()
+
+
+def test_the_noise_rate_table_groups_by_rate_and_method_and_pairs_by_seed():
+    from sglr_keras.reproduce.report import SEED_SUFFIX, noise_rate_table
+
+    def result(method, rate, seed, best, last):
+        return {"run": f"{method}-n{int(100 * rate)}-s{seed}", "method": method, "label_noise": rate, "seed": seed,
+                "sglr": {"warmup_epochs": 4} if method == "sglr" else None,
+                "curve": {"last_table_entropy": 1.5 if method == "sglr" else None},
+                "checkpoints": {"best": {"pgd": best, "clean": 0.7, "ece": 0.1}, "last": {"pgd": last, "clean": 0.7,
+                                                                                          "ece": 0.1}},
+                "best_minus_last": {"pgd": best - last}}
+
+    results = [result("pgd-at", 0.6, 0, 0.5, 0.25), result("sglr", 0.6, 0, 0.5, 0.5),
+               result("pgd-at", 0.6, 1, 0.5, 0.30), result("sglr", 0.6, 1, 0.5, 0.45),
+               result("pgd-at", 0.0, 0, 0.7, 0.65), result("sglr", 0.0, 0, 0.7, 0.70)]
+    lines = noise_rate_table(results)
+    assert "| 60% | sglr (warm-up 4) | 2 | 50.0 +- 0.0 | 47.5 +- 3.5 | 2.5 +- 3.5 | 70.0 +- 0.0 | 10.0 +- 0.0 | 1.50 +- 0.00 |" in lines
+    assert "| 60% | sglr (warm-up 4) | 2 | +0.0 +- 0.0 (+0.0, +0.0) | +20.0 +- 7.1 (+25.0, +15.0) | -20.0 +- 7.1 (-25.0, -15.0) |" in lines
+    assert lines.index("| 0% | pgd-at | 1 | 70.0 | 65.0 | 5.0 | 70.0 | 10.0 |  |") < lines.index(
+        "| 60% | pgd-at | 2 | 50.0 +- 0.0 | 27.5 +- 3.5 | 22.5 +- 3.5 | 70.0 +- 0.0 | 10.0 +- 0.0 |  |")
+    assert noise_rate_table([r for r in results if r["label_noise"] == 0.6]) == []
+    assert SEED_SUFFIX.sub("", "pgd-at-n60-s1") == "pgd-at-n60" and SEED_SUFFIX.sub("", "sglr-seed2") == "sglr"

@@ -25,7 +25,7 @@ def rows(runs_dir: Path, results: dict[str, dict]) -> list[dict]:
     def order(key):  # seed 0 (no suffix) first, as the experiment lists its runs
         run = key.split("__")[0]
         match = SEED_SUFFIX.search(run)
-        return SEED_SUFFIX.sub("", run), int(match.group(0)[5:]) if match else 0, key
+        return SEED_SUFFIX.sub("", run), int(match.group(1)) if match else 0, key
 
     table = []
     for key in sorted(results, key=order):

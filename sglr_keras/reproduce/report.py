@@ -26,6 +26,7 @@ def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict)
         "method": config.method,
         "sglr": asdict(config.sglr) if config.method in SGLR_METHODS else None,
         "label_noise": config.data.label_noise,
+        "seed": config.seed,
         "epochs": summary.get("epochs"),
         "planned_epochs": config.epochs,
         "best_epoch": summary.get("best_epoch"),
@@ -36,6 +37,7 @@ def run_result(name: str, run_dir: Path, config: TrainConfig, evaluations: dict)
             "last_train_robust": last.get("train_robust_acc"),
             "last_train_minus_test_robust": last.get("robust_gap"),
             "last_test_ece": last.get("test_ece"),
+            "last_table_entropy": last.get("table_entropy"),
             "last_grad_norm": last.get("grad_norm"),
             "max_grad_norm": max((r["grad_norm"] for r in history if "grad_norm" in r), default=None),
         },
@@ -122,12 +124,14 @@ def markdown(experiment: Experiment, results: list[dict], command: str) -> str:
         lines += [f"- {run} ({checkpoint}): {message}" for run, checkpoint, message in flags]
     lines += seed_statistics(results)
     lines += paired_differences(results)
+    lines += noise_rate_table(results)
     lines += ["", "![robust accuracy](plots/robust_accuracy.png)", "![clean accuracy](plots/clean_accuracy.png)",
               "![gradient norm](plots/gradient_norm.png)", "![gap](plots/generalisation_gap.png)", ""]
     return "\n".join(lines)
 
 
-SEED_SUFFIX = re.compile(r"-seed\d+$")
+# A run NAME-seedN or NAME-sN is seed N of NAME (NAME alone: seed 0).
+SEED_SUFFIX = re.compile(r"-(?:seed|s)(\d+)$")
 # (label, how to read the number from a run result); values are fractions.
 SEED_COLUMNS = (
     ("curve best", lambda r: r["curve"]["best_test_robust"]),
@@ -264,3 +268,68 @@ def write_report(experiment: Experiment, runs_dir: Path, report_dir: Path, comma
     atomic_write_text(report_dir / "results.json", json.dumps(document, indent=2))
     atomic_write_text(report_dir / "results.md", markdown(experiment, results, command))
     return document
+
+
+# (label, reader) for the noise-rate table; fractions, except the entropy (nats).
+RATE_COLUMNS = (
+    ("PGD-20 best", lambda r: r["checkpoints"].get("best", {}).get("pgd")),
+    ("PGD-20 last", lambda r: r["checkpoints"].get("last", {}).get("pgd")),
+    ("best - last", lambda r: r.get("best_minus_last", {}).get("pgd")),
+    ("clean last", lambda r: r["checkpoints"].get("last", {}).get("clean")),
+    ("ECE last", lambda r: r["checkpoints"].get("last", {}).get("ece")),
+)
+
+
+def _method_label(result: dict) -> str:
+    sglr = result.get("sglr") or {}
+    return result["method"] + (f" (warm-up {sglr['warmup_epochs']})" if "warmup_epochs" in sglr else "")
+
+
+def noise_rate_table(results: list[dict], baseline: str = "pgd-at") -> list[str]:
+    """For an experiment over label-noise rates: per rate and method, mean +- sd
+    over seeds of the final attacks, ECE and the soft-label table's mean row
+    entropy (nats) at the last epoch; then each method minus ``baseline`` paired
+    by seed at each rate. Empty when the runs share one rate."""
+    rates = sorted({r["label_noise"] for r in results})
+    if len(rates) < 2:
+        return []
+
+    def cell(values, scale=100.0, signed=False):
+        values = [scale * v for v in values if isinstance(v, (int, float))]
+        if not values:
+            return ""
+        mean, spread = mean_and_spread(values)
+        text = f"{mean:+.1f}" if signed else f"{mean:.1f}" if scale == 100.0 else f"{mean:.2f}"
+        return text + (f" +- {spread:.1f}" if spread is not None and scale == 100.0 else
+                       f" +- {spread:.2f}" if spread is not None else "")
+
+    lines = ["", "By label-noise rate: mean +- sd over seeds, in % (table entropy: the soft-label table's mean "
+             "row entropy at the last epoch, in nats; ln 10 = 2.30 is uniform over 10 classes).", "",
+             "| noise | method | n | " + " | ".join(label for label, _ in RATE_COLUMNS) + " | table entropy |",
+             "|---|---|---|" + "---|" * (len(RATE_COLUMNS) + 1)]
+    paired = []
+    for rate in rates:
+        at_rate = [r for r in results if r["label_noise"] == rate]
+        methods = list(dict.fromkeys(_method_label(r) for r in at_rate))
+        for method in methods:
+            runs = [r for r in at_rate if _method_label(r) == method]
+            cells = [cell([read(r) for r in runs]) for _, read in RATE_COLUMNS]
+            entropy = cell([r["curve"].get("last_table_entropy") for r in runs], scale=1.0)
+            lines.append(f"| {100 * rate:.0f}% | {method} | {len(runs)} | " + " | ".join(cells) + f" | {entropy} |")
+        base = {r["seed"]: r for r in at_rate if r["method"] == baseline}
+        for method in methods:
+            pairs = [(r, base[r["seed"]]) for r in at_rate
+                     if _method_label(r) == method and r["method"] != baseline and r["seed"] in base]
+            if pairs:
+                columns = []
+                for _, read in RATE_COLUMNS[:3]:
+                    values = [read(a) - read(b) for a, b in pairs
+                              if isinstance(read(a), float) and isinstance(read(b), float)]
+                    columns.append(f"{cell(values, signed=True)} ({', '.join(f'{100 * v:+.1f}' for v in values)})")
+                paired.append(f"| {100 * rate:.0f}% | {method} | {len(pairs)} | " + " | ".join(columns) + " |")
+    if paired:
+        lines += ["", f"Paired by seed at each rate, method minus {baseline} (same seed: same images and wrong "
+                  "labels), in points: mean +- sd (per-seed values).", "",
+                  "| noise | method | pairs | " + " | ".join(label for label, _ in RATE_COLUMNS[:3]) + " |",
+                  "|---|---|---|" + "---|" * 3] + paired
+    return lines
