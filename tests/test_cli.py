@@ -5,24 +5,18 @@ import json
 
 import keras
 import pytest
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_once
 
 
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    config = out / "config.yaml"
-    config.write_text(
+    return train_once(tmp_path_factory, "run", (
         "method: sglr\nepochs: 2\nbatch_size: 64\ndata: {dataset: synthetic}\n"
         "model: {arch: small_cnn, width: 0.5}\nattack: {eps: 8/255, step_size: 2/255, steps: 2}\n"
         "optimizer: {lr: 0.05}\nsglr: {warmup_epochs: 1}\n"
-        "evaluation: {n_test: 64, n_train: 64, pgd_steps: 2, batch_size: 64}\n"
-    )
-    result = run_cli("train", "--config", config, "--out", out / "run")
-    assert result.exit_code == 0, result.output
-    return out / "run"
+        "evaluation: {n_test: 64, n_train: 64, pgd_steps: 2, batch_size: 64}\n"), "config.yaml") / "run"
 
 
 def test_train_writes_history_checkpoints_and_summary(trained_run):

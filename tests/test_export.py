@@ -13,20 +13,17 @@ import tensorflow as tf
 
 from sglr_keras.export import client
 from sglr_keras.export.savedmodel import export_saved_model
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_once
 
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny trained run, evaluated with PGD, then exported through the CLI."""
-    root = tmp_path_factory.mktemp("export")
-    config = root / "config.yaml"
-    config.write_text(
+    root = train_once(tmp_path_factory, "export", (
         "method: pgd-at\nepochs: 1\nbatch_size: 64\ndata: {dataset: synthetic}\n"
         "model: {arch: small_cnn, width: 0.5}\nattack: {eps: 8/255, step_size: 2/255, steps: 2}\n"
-        "optimizer: {lr: 0.05}\nevaluation: {n_test: 32, n_train: 32, pgd_steps: 2, batch_size: 64}\n")
-    assert run_cli("train", "--config", config, "--out", root / "run").exit_code == 0
+        "optimizer: {lr: 0.05}\nevaluation: {n_test: 32, n_train: 32, pgd_steps: 2, batch_size: 64}\n"), "config.yaml")
     checkpoint = root / "run" / "best.keras"
     result = run_cli("eval", "--checkpoint", checkpoint, "--attack", "pgd", "--n-examples", 64, "--seed", 1,
                   "--json", root / "checkpoint_eval.json")

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from sglr_keras.attacks.losses import check_attack_settings, cross_entropy, dlr, targeted_dlr
 from sglr_keras.attacks.pgd import project
-from sglr_keras.attacks.base import CallableAttack, break_remaining, random_start
+from sglr_keras.attacks.base import CallableAttack, break_remaining, input_gradient, random_start, target_classes
 
 MOMENTUM = 0.75
 RHO = 0.75
@@ -82,15 +82,12 @@ class APGD(CallableAttack):
         def build(model_ref):
             @tf.function(reduce_retracing=True)
             def loss_and_grad(x, y, target):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    logits = model_ref()(x, training=False)
+                def per_example(logits):
                     if targeted:
-                        per_example = targeted_dlr(logits, y, target)
-                    else:
-                        per_example = cross_entropy(logits, y) if loss_name == "ce" else dlr(logits, y)
-                    total = tf.reduce_sum(per_example)
-                return logits, per_example, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                        return targeted_dlr(logits, y, target)
+                    return cross_entropy(logits, y) if loss_name == "ce" else dlr(logits, y)
+
+                return input_gradient(model_ref(), x, per_example)
             return loss_and_grad
 
         return self.compiled(model, "loss_and_grad", build)
@@ -164,14 +161,10 @@ class APGD(CallableAttack):
     def perturb(self, model, x, y):
         """Adversarial examples for (x, y): for each point, the first point found
         that the model misclassifies, else the clean point."""
-        x = tf.convert_to_tensor(x, tf.float32)
-        y = tf.cast(tf.convert_to_tensor(y), tf.int32)
+        x, y, logits, robust = self.clean_pass(model, x, y)
         generator = tf.random.Generator.from_seed(self.seed)
-        logits = model(x, training=False)
-        robust = (tf.argmax(logits, -1, output_type=tf.int32) == y).numpy()
         if self.targeted:
-            ranked = tf.argsort(logits, axis=-1, direction="DESCENDING").numpy()
-            targets = [ranked[:, rank] for rank in range(1, min(self.n_target_classes, ranked.shape[1] - 1) + 1)]
+            targets = target_classes(logits, self.n_target_classes)
             runs = [target for target in targets for _ in range(self.n_restarts)]
         else:
             runs = [None] * self.n_restarts

@@ -45,6 +45,17 @@ def random_start(x, eps, norm="Linf", generator: tf.random.Generator | None = No
     return x + eps * radius * noise
 
 
+def input_gradient(model, x, per_example: Callable):
+    """``(logits, values, gradient)``: the model's logits at x (inference mode),
+    ``per_example(logits)`` and the gradient of its sum with respect to x (zero
+    where x does not reach it)."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x, training=False)
+        values = per_example(logits)
+    return logits, values, tape.gradient(values, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
 def break_remaining(x, robust: np.ndarray, runs: Iterable, attack_run: Callable) -> np.ndarray:
     """The robust-subset loop. For each item of ``runs`` (a restart, a target
     class, an attack of a suite), ``attack_run(todo, item)`` attacks the points
@@ -86,7 +97,24 @@ class CallableAttack:
         return self.compiled(model, "predict", lambda ref: tf.function(
             lambda xb: ref()(xb, training=False), reduce_retracing=True))
 
+    def clean_pass(self, model, x, y):
+        """``(x, y, logits, robust)``: the inputs as float32 / int32 tensors, the
+        model's clean logits and which points it gets right (numpy bools), where
+        every attack that breaks only correctly classified points starts."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        y = tf.cast(tf.convert_to_tensor(y), tf.int32)
+        logits = model(x, training=False)
+        return x, y, logits, (tf.argmax(logits, -1, output_type=tf.int32) == y).numpy()
+
     def still_correct(self, model, x, y) -> np.ndarray:
         """Which points ``model`` classifies correctly (numpy bools)."""
         logits = self.predictor(model)(tf.convert_to_tensor(x, tf.float32))
         return (tf.argmax(logits, -1, output_type=tf.int32) == tf.cast(y, tf.int32)).numpy()
+
+
+def target_classes(logits, n_target_classes: int) -> list[np.ndarray]:
+    """The targets of a targeted attack (APGD-T, FAB-T): per point, its 2nd, 3rd,
+    ... highest-scoring classes on the clean input, ``n_target_classes`` of them
+    at most (one array of labels per rank)."""
+    ranked = tf.argsort(logits, axis=-1, direction="DESCENDING").numpy()
+    return [ranked[:, rank] for rank in range(1, min(n_target_classes, ranked.shape[1] - 1) + 1)]

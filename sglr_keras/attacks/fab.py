@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from sglr_keras.attacks.losses import check_attack_settings
-from sglr_keras.attacks.base import CallableAttack, break_remaining, random_start
+from sglr_keras.attacks.base import CallableAttack, break_remaining, input_gradient, random_start, target_classes
 
 BISECTION_STEPS = 30
 
@@ -88,11 +88,8 @@ class FAB(CallableAttack):
         def build(model_ref):
             @tf.function(reduce_retracing=True)
             def boundary(x, y, target):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    logits = model_ref()(x, training=False)
-                    picked = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, y, batch_dims=1)
-                return logits, picked, tape.gradient(picked, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return input_gradient(model_ref(), x, lambda logits: tf.gather(logits, target, batch_dims=1)
+                                      - tf.gather(logits, y, batch_dims=1))
 
             @tf.function(reduce_retracing=True)
             def all_boundaries(x, y):
@@ -163,14 +160,10 @@ class FAB(CallableAttack):
     def perturb(self, model, x, y):
         """The smallest adversarial example found for each point if its L-inf norm
         is at most eps, else the clean point."""
-        x = tf.convert_to_tensor(x, tf.float32)
-        y = tf.cast(tf.convert_to_tensor(y), tf.int32)
+        x, y, logits, robust = self.clean_pass(model, x, y)
         generator = tf.random.Generator.from_seed(self.seed)
-        logits = model(x, training=False)
-        robust = (tf.argmax(logits, -1, output_type=tf.int32) == y).numpy()
-        ranked = tf.argsort(logits, axis=-1, direction="DESCENDING").numpy()
-        targets = ([ranked[:, rank] for rank in range(1, min(self.n_target_classes, ranked.shape[1] - 1) + 1)]
-                   if self.targeted else [ranked[:, 1]])
+        # Untargeted FAB starts towards the runner-up class and picks the closest boundary at every step.
+        targets = target_classes(logits, self.n_target_classes if self.targeted else 1)
         runs = [(target, restart) for target in targets for restart in range(self.n_restarts)]
 
         def attack_run(todo, run):
