@@ -111,9 +111,11 @@ def human_duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-def long_work_note(what: str, passes: float, model, input_shape, parallel: int = 1) -> str | None:
+def long_work_note(what: str, passes: float, model, input_shape, parallel: int = 1,
+                   resumable: bool = False) -> str | None:
     """One line saying how long ``what`` may take, when that is over
-    :func:`long_seconds`; None for work that is short or too small to time."""
+    :func:`long_seconds`; None for work that is short or too small to time.
+    ``resumable``: the work (a training run) resumes where Ctrl-C stopped it."""
     threshold = long_seconds()
     if passes < PROBE_FROM_PASSES and threshold >= DEFAULT_LONG_SECONDS:
         return None
@@ -122,10 +124,12 @@ def long_work_note(what: str, passes: float, model, input_shape, parallel: int =
     if seconds <= threshold:
         return None
     return (f"note: {what} may take up to about {human_duration(seconds)} here: up to {passes:.2g} forward-backward "
-            f"passes at {rate:.3g} images/s measured on this model; Ctrl-C stops it (a run resumes where it stopped)")
+            f"passes at {rate:.3g} images/s measured on this model; Ctrl-C stops it"
+            + (" (rerun the same command to resume)" if resumable else ""))
 
 
 def training_note(config, bundle, epochs_left: int, classifier, replicas: int = 1) -> str | None:
     """:func:`long_work_note` for the rest of a training run."""
     passes = training_passes(config, bundle.num_train, config.evaluation.n_test, epochs_left)
-    return long_work_note(f"training {epochs_left} epochs", passes, classifier, bundle.input_shape, replicas)
+    return long_work_note(f"training {epochs_left} epochs", passes, classifier, bundle.input_shape, replicas,
+                          resumable=True)
