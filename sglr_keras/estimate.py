@@ -69,8 +69,9 @@ def training_passes(config, n_train: int, n_selection: int, epochs_left: int) ->
     """Passes for the ``epochs_left`` epochs of a run of ``config``: the training
     attack and the weight update per example, and the per-epoch PGD on the
     selection points and the training subset on the evaluated fraction of epochs."""
-    attack_steps = 0 if config.method == "standard" else config.attack.steps
-    per_epoch = n_train * (attack_steps + 1 + (1 if config.method in ("trades", "trades-sglr") else 0))
+    from sglr_keras.training.recipe import passes_per_example
+
+    per_epoch = n_train * passes_per_example(config)
     evaluation = config.evaluation
     evaluated = 1 / max(evaluation.every, 1)
     per_epoch += evaluated * (n_selection + evaluation.n_train) * (evaluation.pgd_steps + 1 + FORWARD_ONLY)

@@ -28,6 +28,14 @@ def build_attack(config: TrainConfig):
     return TrainingPGD(attack.eps, attack.step_size, attack.steps, attack.random_start)
 
 
+def passes_per_example(config: TrainConfig) -> int:
+    """Forward-backward passes per training example and step: the training
+    attack's steps, the update, and TRADES's clean forward (for cost estimates)."""
+    if config.method == "standard":
+        return 1
+    return config.attack.steps + 1 + (1 if config.method in ("trades", "trades-sglr") else 0)
+
+
 def build_objective(config: TrainConfig, train_labels, num_classes: int) -> objectives.Objective:
     """The objective of ``config.method``."""
     s = config.sglr
