@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import tensorflow as tf
 
@@ -170,13 +173,6 @@ class ClusterWatchdog:
         self._child = None
 
     def __enter__(self):
-        import subprocess
-        import sys
-
-        import signal
-        import subprocess
-        import sys
-
         read_end, self._signals = os.pipe()
         os.set_blocking(self._signals, False)
         self._child = subprocess.Popen(
@@ -186,20 +182,13 @@ class ClusterWatchdog:
         self._previous_fd = None
         try:  # main thread only; elsewhere the timeout alone ends the wait
             self._previous_fd = signal.set_wakeup_fd(self._signals, warn_on_full_buffer=False)
-            # The C-level handler writes the byte only for a signal with a Python handler.
-            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-                self._previous_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         except ValueError:
             pass
         return self
 
     def __exit__(self, *exc):
-        import signal
-
         if self._previous_fd is not None:
             signal.set_wakeup_fd(self._previous_fd)
-            if hasattr(self, "_previous_term"):
-                signal.signal(signal.SIGTERM, self._previous_term)
         os.close(self._signals)
         self._child.stdin.close()
         self._child.wait()

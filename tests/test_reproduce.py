@@ -221,8 +221,10 @@ def test_the_noise_rate_table_groups_by_rate_and_method_and_pairs_by_seed():
                result("pgd-at", 0.6, 1, 0.5, 0.30), result("sglr", 0.6, 1, 0.5, 0.45),
                result("pgd-at", 0.0, 0, 0.7, 0.65), result("sglr", 0.0, 0, 0.7, 0.70)]
     lines = noise_rate_table(results)
-    assert "| 60% | sglr (warm-up 4) | 2 | 50.0 +- 0.0 | 47.5 +- 3.5 | 2.5 +- 3.5 | 70.0 +- 0.0 | 10.0 +- 0.0 | 1.50 +- 0.00 |" in lines
-    assert "| 60% | sglr (warm-up 4) | 2 | +0.0 +- 0.0 (+0.0, +0.0) | +20.0 +- 7.1 (+25.0, +15.0) | -20.0 +- 7.1 (-25.0, -15.0) |" in lines
+    assert ("| 60% | sglr (warm-up 4) | 2 | 50.0 +- 0.0 | 47.5 +- 3.5 | 2.5 +- 3.5 | 70.0 +- 0.0 | 10.0 +- 0.0 "
+            "| 1.50 +- 0.00 |") in lines
+    assert ("| 60% | sglr (warm-up 4) | 2 | +0.0 +- 0.0 (+0.0, +0.0) | +20.0 +- 7.1 (+25.0, +15.0) "
+            "| -20.0 +- 7.1 (-25.0, -15.0) |") in lines
     assert lines.index("| 0% | pgd-at | 1 | 70.0 | 65.0 | 5.0 | 70.0 | 10.0 |  |") < lines.index(
         "| 60% | pgd-at | 2 | 50.0 +- 0.0 | 27.5 +- 3.5 | 22.5 +- 3.5 | 70.0 +- 0.0 | 10.0 +- 0.0 |  |")
     assert noise_rate_table([r for r in results if r["label_noise"] == 0.6]) == []

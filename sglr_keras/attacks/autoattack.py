@@ -94,7 +94,7 @@ class AutoAttack(CallableAttack):
             fooled = np.argmax(predict(tf.constant(candidate)).numpy(), axis=-1) != y[todo]
             return candidate, fooled
 
-        return break_remaining(x, self.still_correct(model, x, y), self.attacks, attack_run)
+        return break_remaining(x, self.clean_pass(model, x, y)[3], self.attacks, attack_run)
 
     def run(self, runner, x, y, clean_correct, on_stage=None, on_batch=None):
         """Attack in sequence; returns one AttackResult per stage, each with the

@@ -106,11 +106,6 @@ class CallableAttack:
         logits = model(x, training=False)
         return x, y, logits, (tf.argmax(logits, -1, output_type=tf.int32) == y).numpy()
 
-    def still_correct(self, model, x, y) -> np.ndarray:
-        """Which points ``model`` classifies correctly (numpy bools)."""
-        logits = self.predictor(model)(tf.convert_to_tensor(x, tf.float32))
-        return (tf.argmax(logits, -1, output_type=tf.int32) == tf.cast(y, tf.int32)).numpy()
-
 
 def target_classes(logits, n_target_classes: int) -> list[np.ndarray]:
     """The targets of a targeted attack (APGD-T, FAB-T): per point, its 2nd, 3rd,
