@@ -16,6 +16,7 @@ the same run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -30,6 +31,7 @@ from bench_io import emit, machine  # noqa: E402
 from sglr_keras.attacks.training import NoAttack  # noqa: E402
 from sglr_keras.config import load_config  # noqa: E402
 from sglr_keras.models import build_model  # noqa: E402
+from sglr_keras.models.fused_batchnorm import restore_keras_batch_norm  # noqa: E402
 from sglr_keras.training.recipe import build_trainer, make_optimizer  # noqa: E402
 
 
@@ -78,12 +80,14 @@ def step_flops(trainer, batch, attack_steps: int) -> float | None:
 
 
 def make_trainer(method: str, arch: str, input_shape, num_classes: int, batch_size: int,
-                 attack_steps: int, jit: bool, precision: str = "float32"):
+                 attack_steps: int, jit: bool, precision: str = "float32", batch_norm: str = "fused"):
     config = load_config(None, {"method": method, "model.arch": arch, "attack.steps": attack_steps,
                                 "data.dataset": "synthetic", "epochs": 2, "precision": precision})
     labels = np.arange(batch_size) % num_classes
     classifier = build_model(arch, input_shape, num_classes, precision=precision)
     trainer = build_trainer(classifier, config, labels, num_classes)
+    if batch_norm == "keras":
+        restore_keras_batch_norm(classifier)
     trainer.compile(optimizer=make_optimizer(config, steps=1), jit_compile=jit)
     return trainer
 
@@ -97,6 +101,13 @@ def main():
     parser.add_argument("--attack-steps", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-norm", choices=["fused", "keras", "both"], default="fused",
+                        help="fused: TensorFlow's fused kernels (what training uses); keras: Keras's own ops")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: images per second; cpu: images per CPU-second of this process, which other "
+                             "load on the machine hardly changes (compare at equal --threads)")
+    parser.add_argument("--threads", type=int,
+                        help="TensorFlow's intra-op threads (inter-op 1) and torch's threads; default: each's own")
     parser.add_argument("--methods", default="standard,pgd-at,sglr,trades")
     parser.add_argument("--jit", choices=["off", "on", "both"], default="off")
     parser.add_argument("--precisions", default="float32",
@@ -106,6 +117,10 @@ def main():
                              "report ours / best PyTorch per precision")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     shape = tuple(int(d) for d in args.input_shape.split(","))
     rng = np.random.default_rng(0)
@@ -119,20 +134,21 @@ def main():
     peak = matmul_peak_gflops()
     precisions = args.precisions.split(",")
     trainers, flops = {}, {}
+    batch_norms = ["fused", "keras"] if args.batch_norm == "both" else [args.batch_norm]
     for precision in precisions:
         for jit in jit_modes:
-            for method in methods:
-                key = f"{method}[{precision}{'+xla' if jit else ''}]"
+            for method, batch_norm in itertools.product(methods, batch_norms):
+                key = f"{method}[{precision}{'+xla' if jit else ''}{'+keras_bn' if batch_norm == 'keras' else ''}]"
                 trainers[key] = make_trainer(method, args.arch, shape, args.num_classes, args.batch_size,
-                                             args.attack_steps, jit, precision)
+                                             args.attack_steps, jit, precision, batch_norm)
                 flops[key] = step_flops(trainers[key], batch, args.attack_steps) if precision == "float32" else None
                 trainers[key].fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace, warm up
     seconds = {key: [] for key in trainers}
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits every setting alike
         for key, trainer in trainers.items():
-            start = time.perf_counter()
+            start = clock()
             trainer.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
-            seconds[key].append((time.perf_counter() - start) / args.steps)
+            seconds[key].append((clock() - start) / args.steps)
 
     results = {}
     for key, samples in seconds.items():
@@ -144,6 +160,7 @@ def main():
     report = {
         "arch": args.arch, "input_shape": list(shape), "batch_size": args.batch_size,
         "attack_steps": args.attack_steps, "timed_steps": args.steps, "repeats": args.repeats,
+        "clock": args.clock, "threads": args.threads, "batch_norm": args.batch_norm,
         "machine": {**machine(), "matmul_peak_gflops": peak},
         "methods": results, "ratios": {},
     }
@@ -153,6 +170,11 @@ def main():
             sglr, pgd = results.get(f"sglr[{setting}]"), results.get(f"pgd-at[{setting}]")
             if sglr and pgd:
                 report["ratios"][f"sglr_over_pgd_at[{setting}]"] = sglr["seconds_per_step"] / pgd["seconds_per_step"]
+            for method in methods:
+                fused, keras_bn = results.get(f"{method}[{setting}]"), results.get(f"{method}[{setting}+keras_bn]")
+                if fused and keras_bn:
+                    report["ratios"][f"fused_batch_norm_speedup[{method},{setting}]"] = (
+                        keras_bn["seconds_per_step"] / fused["seconds_per_step"])
             base = results.get("pgd-at[float32]")
             if pgd and base and setting != "float32":
                 report["ratios"][f"pgd_at_speedup[{setting}]"] = base["seconds_per_step"] / pgd["seconds_per_step"]
@@ -182,7 +204,8 @@ def torch_reference(args, precisions) -> dict:
     command = [sys.executable, str(Path(__file__).with_name("torch_step.py")), "--arch", args.arch,
                "--input-shape", args.input_shape, "--num-classes", str(args.num_classes),
                "--batch-size", str(args.batch_size), "--attack-steps", str(args.attack_steps),
-               "--steps", str(args.steps), "--repeats", str(args.repeats), "--precisions", wanted]
+               "--steps", str(args.steps), "--repeats", str(args.repeats), "--precisions", wanted,
+               "--clock", args.clock] + (["--threads", str(args.threads)] if args.threads else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"torch_step.py failed (is torch installed? pip install -e '.[bench]'): "

@@ -50,6 +50,7 @@ _EXPORTS = {
     "export_saved_model": "sglr_keras.export.savedmodel",
     # conveniences: our architectures and data sets
     "build_model": "sglr_keras.models",
+    "use_fused_batch_norm": "sglr_keras.models.fused_batchnorm",
     "load_dataset": "sglr_keras.data",
 }
 

@@ -10,13 +10,15 @@ from pathlib import Path
 import keras
 
 from sglr_keras.errors import UserError
+from sglr_keras.models.fused_batchnorm import use_fused_batch_norm
 from sglr_keras.runs import folder as runs_folder
 from sglr_keras.runs.folder import RunFolder, read_record, read_selection_points
 
 
 def load_classifier(path: str | Path):
     """Load a ``.keras`` classifier with Keras's safe mode (no arbitrary code),
-    or an exported SavedModel folder (``DIR/NAME/VERSION``)."""
+    its batch norm on the fused kernels as in training, or an exported
+    SavedModel folder (``DIR/NAME/VERSION``)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint '{path}' does not exist; pass a .keras file written by sglr train or Keras")
@@ -29,13 +31,15 @@ def load_classifier(path: str | Path):
     if not zipfile.is_zipfile(path):
         raise UserError(f"checkpoint '{path}' is corrupt (not a Keras archive); use another checkpoint")
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as err:  # Keras raises many types for a bad archive
         if "Lambda" in str(err):
             raise UserError(f"checkpoint '{path}' holds a Lambda layer, whose Python code safe loading refuses to "
                             "run; rebuild the model with ordinary Keras layers and save it again")
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"cannot load checkpoint '{path}' ({first_line}); use another checkpoint")
+    use_fused_batch_norm(model)  # as in training, so evaluation computes what training's evaluation did
+    return model
 
 
 def check_compatible(model: keras.Model, input_shape, num_classes: int, dataset: str) -> None:

@@ -31,6 +31,7 @@ from keras import layers
 
 from sglr_keras.config import MODEL_BUILDS
 from sglr_keras.errors import UserError
+from sglr_keras.models.fused_batchnorm import use_fused_batch_norm
 from sglr_keras.architectures import ARCHITECTURE_NAMES, canonical_arch_name, validate_arch_name  # noqa: F401
 
 BN_MOMENTUM = 0.9
@@ -210,6 +211,7 @@ def build_model(arch: str, input_shape, num_classes: int, width: float = 1.0,
     of one all-reduce per layer. ``precision`` is a Keras dtype policy
     (``mixed_float16``, ``mixed_bfloat16``) for every layer but the float32
     logits; the input stays float32, so attacks differentiate w.r.t. float32 pixels.
+    Batch norm runs with TensorFlow's fused kernels (:func:`use_fused_batch_norm`).
     ``init`` and ``padding`` (``"torch"`` or ``"keras"``) are explained in the
     module docstring.
 
@@ -225,7 +227,9 @@ def build_model(arch: str, input_shape, num_classes: int, width: float = 1.0,
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
-        return ARCHITECTURES[canonical_arch_name(arch)](tuple(input_shape), int(num_classes), width)
+        model = ARCHITECTURES[canonical_arch_name(arch)](tuple(input_shape), int(num_classes), width)
     finally:
         _OPTIONS = _BuildOptions()
         keras.config.set_dtype_policy(previous_policy)
+    use_fused_batch_norm(model)
+    return model

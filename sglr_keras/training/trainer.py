@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from sglr_keras.models.fused_batchnorm import use_fused_batch_norm
 from sglr_keras.training.objectives import CONSTANT_CLEAN, NO_CLEAN, TRAINED_CLEAN, Objective
 
 # Per-example seeds mix the step and the run seed with a prime stride, so that
@@ -38,7 +39,10 @@ class AdversarialTrainer(keras.Model):
     ``tf.data.Dataset`` of ``(x, y, id)`` batches (see :func:`with_example_ids`;
     ``(x, y)`` batches are enough for objectives without a soft-label table).
     ``weight_decay`` is coupled L2 as in PyTorch's SGD; ``seed`` seeds the
-    per-example random starts and the numpy path's order.
+    per-example random starts and the numpy path's order. ``fused_batch_norm``
+    runs the classifier's Keras batch-norm layers with TensorFlow's fused kernels
+    (:func:`use_fused_batch_norm`: the same results within float32 rounding, and
+    faster, bfloat16 most); pass False to keep Keras's own ops.
 
     >>> import keras, numpy as np
     >>> from sglr_keras import SGLR, AdversarialTrainer, TrainingPGD
@@ -53,8 +57,10 @@ class AdversarialTrainer(keras.Model):
     """
 
     def __init__(self, classifier: keras.Model, attack=None, objective: Objective | None = None,
-                 weight_decay: float = 0.0, seed: int = 0):
+                 weight_decay: float = 0.0, seed: int = 0, fused_batch_norm: bool = True):
         super().__init__(name="adversarial_trainer")
+        if fused_batch_norm:
+            use_fused_batch_norm(classifier)
         if attack is None:
             from sglr_keras.attacks.training import TrainingPGD
 
