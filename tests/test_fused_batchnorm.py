@@ -98,3 +98,11 @@ def test_the_trainer_fuses_a_users_model_unless_asked_not_to():
     sk.AdversarialTrainer(kept, fused_batch_norm=False)
     assert getattr(fused.layers[2], "_sglr_fused_batch_norm", False)
     assert not getattr(kept.layers[2], "_sglr_fused_batch_norm", False)
+
+
+def test_a_nested_shared_model_has_its_batch_norm_fused_once():
+    inner = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.BatchNormalization()])
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, inner(inner(inputs)))  # the same inner model twice
+    assert sk.use_fused_batch_norm(model) == 1
+    assert getattr(inner.layers[0], "_sglr_fused_batch_norm", False)

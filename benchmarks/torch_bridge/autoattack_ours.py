@@ -32,6 +32,8 @@ def main():
     parser.add_argument("--n-examples", type=int, help="the first N stored points (default: all)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-norm", choices=["fused", "keras"], default="fused",
+                        help="fused: TensorFlow's fused kernels (what sglr eval uses); keras: Keras's own ops")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -46,6 +48,10 @@ def main():
         x, y, stored = data["x"][:n], data["y"][:n].astype(np.int32), data["logits"][:n]
         indices = data["indices"][:n].tolist() if "indices" in data else None
     model = load_classifier(args.checkpoint)
+    if args.batch_norm == "keras":
+        from sglr_keras.models.fused_batchnorm import restore_keras_batch_norm
+
+        restore_keras_batch_norm(model)
     runner = ModelRunner(model, args.batch_size)
     if np.abs(runner.logits(x) - stored).max() > 1e-4:
         raise SystemExit(f"{args.points} was not exported from {args.checkpoint}")
@@ -53,12 +59,13 @@ def main():
     keras.utils.set_random_seed(args.seed)
     suite = AutoAttack(args.eps, seed=args.seed)
     suite.run(runner, x[:8], y[:8], correct[:8])  # trace every member
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     stages = suite.run(runner, x, y, correct)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     robust = stages[-1].robust_mask
     result = {"clean_accuracy": float(correct.mean()), "robust_accuracy": float(robust.mean()), "seconds": seconds,
-              "points_per_second": n / seconds, "n_examples": n, "robust": robust.astype(int).tolist(),
+              "points_per_second": n / seconds, "cpu_seconds": cpu_seconds,
+              "batch_norm": args.batch_norm, "n_examples": n, "robust": robust.astype(int).tolist(),
               "stages": [{"attack": stage.name, "seconds": stage.seconds, "robust_accuracy": stage.robust_accuracy}
                          for stage in stages]}
     if indices is not None:  # lets aa_report.py match the points to the run's final evaluation exactly

@@ -75,14 +75,14 @@ def restore_keras_batch_norm(model: keras.Model) -> int:
 
 
 def _all_layers(model):
-    seen, stack = set(), [model]
+    """``model`` and every layer in it, nested models' layers included, each once."""
+    layers = {}
+    stack = [model]
     while stack:
         layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        yield layer
-        stack.extend(getattr(layer, "layers", []) or [])
+        layers.setdefault(id(layer), layer)
+        stack.extend(child for child in getattr(layer, "layers", None) or [] if id(child) not in layers)
+    return list(layers.values())
 
 
 def _fused_call(layer, keras_call, inputs, training=None, mask=None):
