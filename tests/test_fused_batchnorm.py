@@ -16,8 +16,10 @@ from sglr_keras.models.fused_batchnorm import restore_keras_batch_norm
 def _twins(arch="preact_resnet18", shape=(16, 16, 3), precision="float32"):
     """The same network twice, one on Keras's batch-norm ops and one fused."""
     keras_ops = build_model(arch, shape, 10, width=0.25, precision=precision)
-    assert restore_keras_batch_norm(keras_ops) == 17  # build_model fuses; undo it for the reference
     fused = build_model(arch, shape, 10, width=0.25, precision=precision)
+    # build_model fuses every batch norm (17 in PreAct ResNet-18, 20 in ResNet-18); undo it for the reference.
+    assert restore_keras_batch_norm(keras_ops) == sk.use_fused_batch_norm(fused) == {"preact_resnet18": 17,
+                                                                                     "resnet18": 20}[arch]
     fused.set_weights(keras_ops.get_weights())
     return keras_ops, fused
 
