@@ -16,10 +16,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from train_step import make_trainer  # noqa: E402
+from train_step import make_trainer, synthetic_batches  # noqa: E402
 
 
 def main():
@@ -37,11 +36,7 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     shape = tuple(int(d) for d in args.input_shape.split(","))
-    rng = np.random.default_rng(0)
-    batch = (tf.constant(rng.uniform(size=(args.batch_size, *shape)).astype(np.float32)),
-             tf.constant((np.arange(args.batch_size) % 10).astype(np.int32)),
-             tf.constant(np.arange(args.batch_size, dtype=np.int32)))
-    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    _, dataset = synthetic_batches(args.batch_size, shape, 10)
     trainer = make_trainer("pgd-at", args.arch, shape, 10, args.batch_size, args.attack_steps, False,
                            args.precision, args.batch_norm)
     trainer.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace, warm up

@@ -13,10 +13,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from train_step import make_trainer  # noqa: E402
+from train_step import make_trainer, synthetic_batches  # noqa: E402
 
 
 def main():
@@ -33,11 +32,7 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
     if args.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
-    rng = np.random.default_rng(0)
-    batch = (tf.constant(rng.uniform(size=(args.batch_size, 32, 32, 3)).astype(np.float32)),
-             tf.constant((np.arange(args.batch_size) % 10).astype(np.int32)),
-             tf.constant(np.arange(args.batch_size, dtype=np.int32)))
-    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    _, dataset = synthetic_batches(args.batch_size, (32, 32, 3), 10)
     trainer = make_trainer("pgd-at", args.arch, (32, 32, 3), 10, args.batch_size, 10, False, args.precision,
                            args.batch_norm)
     trainer.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace, warm up

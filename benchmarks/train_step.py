@@ -79,6 +79,15 @@ def step_flops(trainer, batch, attack_steps: int) -> float | None:
     return outside_loop + (attack_steps * iteration if not isinstance(trainer.attack, NoAttack) else 0.0)
 
 
+def synthetic_batches(batch_size: int, shape, num_classes: int):
+    """One seeded (x, y, id) batch of uniform images, and a dataset repeating it."""
+    rng = np.random.default_rng(0)
+    batch = (tf.constant(rng.uniform(size=(batch_size, *shape)).astype(np.float32)),
+             tf.constant((np.arange(batch_size) % num_classes).astype(np.int32)),
+             tf.constant(np.arange(batch_size, dtype=np.int32)))
+    return batch, tf.data.Dataset.from_tensors(batch).repeat()
+
+
 def make_trainer(method: str, arch: str, input_shape, num_classes: int, batch_size: int,
                  attack_steps: int, jit: bool, precision: str = "float32", batch_norm: str = "fused"):
     config = load_config(None, {"method": method, "model.arch": arch, "attack.steps": attack_steps,
@@ -123,11 +132,7 @@ def main():
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     shape = tuple(int(d) for d in args.input_shape.split(","))
-    rng = np.random.default_rng(0)
-    batch = (tf.constant(rng.uniform(size=(args.batch_size, *shape)).astype(np.float32)),
-             tf.constant((np.arange(args.batch_size) % args.num_classes).astype(np.int32)),
-             tf.constant(np.arange(args.batch_size, dtype=np.int32)))
-    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    batch, dataset = synthetic_batches(args.batch_size, shape, args.num_classes)
     jit_modes = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
     methods = args.methods.split(",")
 
