@@ -33,7 +33,10 @@ _CUDNN_MIN_EPSILON = 1.001e-5
 
 def use_fused_batch_norm(model: keras.Model) -> int:
     """Run every eligible ``BatchNormalization`` layer of ``model`` (nested models
-    included) with TensorFlow's fused kernel; return how many layers now do.
+    included) with TensorFlow's fused kernel; return how many layers were
+    switched. Synchronized and renormalising layers are left alone; a switched
+    layer still takes Keras's call for an input the kernel does not serve (not
+    4-D, an axis other than the last, a mask).
 
     Call it before the model is first traced (compiled into a ``tf.function``):
     a function traced earlier keeps the ops it was traced with. Calling it twice
