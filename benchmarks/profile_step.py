@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
-from train_step import make_trainer, synthetic_batches  # noqa: E402
+from train_step import make_trainer, pin_threads, synthetic_batches  # noqa: E402
 
 
 def main():
@@ -33,8 +33,7 @@ def main():
     parser.add_argument("--logdir", required=True)
     args = parser.parse_args()
     if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        pin_threads(args.threads)
     shape = tuple(int(d) for d in args.input_shape.split(","))
     _, dataset = synthetic_batches(args.batch_size, shape, 10)
     trainer = make_trainer("pgd-at", args.arch, shape, 10, args.batch_size, args.attack_steps, False,

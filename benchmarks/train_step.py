@@ -79,6 +79,12 @@ def step_flops(trainer, batch, attack_steps: int) -> float | None:
     return outside_loop + (attack_steps * iteration if not isinstance(trainer.attack, NoAttack) else 0.0)
 
 
+def pin_threads(threads: int) -> None:
+    """TensorFlow on ``threads`` intra-op threads, one op at a time (inter-op 1), as PyTorch runs."""
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
 def synthetic_batches(batch_size: int, shape, num_classes: int):
     """One seeded (x, y, id) batch of uniform images, and a dataset repeating it."""
     rng = np.random.default_rng(0)
@@ -127,8 +133,7 @@ def main():
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        pin_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     shape = tuple(int(d) for d in args.input_shape.split(","))

@@ -54,9 +54,7 @@ def use_fused_batch_norm(model: keras.Model) -> int:
     """
     switched = 0
     for layer in _all_layers(model):
-        if not isinstance(layer, keras.layers.BatchNormalization) or getattr(layer, "synchronized", False):
-            continue
-        if getattr(layer, "renorm", False):
+        if not isinstance(layer, keras.layers.BatchNormalization) or layer.synchronized or layer.renorm:
             continue
         if not getattr(layer, _FUSED, False):
             layer.call = functools.partial(_fused_call, layer, layer.call)
