@@ -2,7 +2,8 @@
 for each precision and XLA setting asked for.
 
 Prints JSON: the device (CPU model or GPU name), images/s per method, precision
-and XLA setting (median over interleaved repeats, after warm-up), the ratio
+and XLA setting (median over interleaved repeats, after warm-up; each repeat
+is the mean of ``--steps`` steps timed inside one fit call), the ratio
 sglr / pgd-at for each combination, the FLOPs of one float32 step (from
 TensorFlow's graph profiler), and the machine's float32 matmul rate measured in
 the same run.
@@ -23,6 +24,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -86,12 +88,39 @@ def pin_threads(threads: int) -> None:
 
 
 def synthetic_batches(batch_size: int, shape, num_classes: int):
-    """One seeded (x, y, id) batch of uniform images, and a dataset repeating it."""
+    """One seeded (x, y, id) batch of uniform images, and a dataset repeating it.
+
+    The dataset runs without tf.data's autotuning: its model thread sleeps in
+    doubling periods (10 ms, 20 ms, ... up to a minute), and destroying an
+    iterator at the end of a ``fit`` call sometimes waits for the current period
+    to end (seen with gdb: ``RootDataset::Iterator::~Iterator`` waiting on
+    ``Model::OptimizeLoop``), which added up to 2.3 s of idle time to a
+    2.8-second fit of one step. Nothing here needs tuning."""
     rng = np.random.default_rng(0)
     batch = (tf.constant(rng.uniform(size=(batch_size, *shape)).astype(np.float32)),
              tf.constant((np.arange(batch_size) % num_classes).astype(np.int32)),
              tf.constant(np.arange(batch_size, dtype=np.int32)))
-    return batch, tf.data.Dataset.from_tensors(batch).repeat()
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return batch, tf.data.Dataset.from_tensors(batch).repeat().with_options(options)
+
+
+class StepClock(keras.callbacks.Callback):
+    """The time of each train step of a ``fit`` call, from the start of the step to
+    its end (``on_train_batch_begin`` to ``on_train_batch_end``), by ``clock``
+    (``time.perf_counter`` or ``time.process_time``). The fit call's own set-up
+    and tear-down (making and destroying the dataset iterator, callbacks) stay
+    out, as they do for a training run, which is one fit call for all epochs."""
+
+    def __init__(self, clock=time.perf_counter):
+        super().__init__()
+        self.clock, self.seconds = clock, []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(self.clock() - self._start)
 
 
 def make_trainer(method: str, arch: str, input_shape, num_classes: int, batch_size: int,
@@ -156,9 +185,9 @@ def main():
     seconds = {key: [] for key in trainers}
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits every setting alike
         for key, trainer in trainers.items():
-            start = clock()
-            trainer.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False)
-            seconds[key].append((clock() - start) / args.steps)
+            steps = StepClock(clock)
+            trainer.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False, callbacks=[steps])
+            seconds[key].append(statistics.fmean(steps.seconds))
 
     results = {}
     for key, samples in seconds.items():
@@ -170,6 +199,7 @@ def main():
     report = {
         "arch": args.arch, "input_shape": list(shape), "batch_size": args.batch_size,
         "attack_steps": args.attack_steps, "timed_steps": args.steps, "repeats": args.repeats,
+        "timing": "steps timed inside one fit call each repeat (fit set-up and tear-down excluded)",
         "clock": args.clock, "threads": args.threads, "batch_norm": args.batch_norm,
         "machine": {**machine(), "matmul_peak_gflops": peak},
         "methods": results, "ratios": {},

@@ -42,6 +42,24 @@ def test_labels_follow_their_images():
         np.testing.assert_allclose(x.numpy(), bundle.x_train[idx.numpy()] / 255.0, atol=1e-6)
 
 
+def test_our_training_streams_run_without_tf_data_autotuning():
+    """Autotuning's thread can hold up an iterator's destruction for up to a
+    minute (see ``without_autotuning``); our in-memory streams turn it off, and
+    keep their sharding option and their length."""
+    import tensorflow as tf
+
+    from sglr_keras.data.example_ids import epoch_shuffled_batches
+
+    bundle = load_dataset("synthetic")
+    stream = train_dataset(bundle, 64, 0, epochs=1)
+    assert stream.options().autotune.enabled is False
+    assert stream.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+    batches = epoch_shuffled_batches(bundle.x_train[:100], bundle.y_train[:100], 32, seed=0,
+                                     epoch=tf.Variable(0, dtype=tf.int64))
+    assert batches.options().autotune.enabled is False
+    assert int(batches.cardinality()) == 4
+
+
 def _write_cifar10(folder, n_per_batch=4):
     folder.mkdir()
     rng = np.random.default_rng(0)

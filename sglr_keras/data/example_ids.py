@@ -71,6 +71,22 @@ def with_example_ids(dataset: tf.data.Dataset) -> tf.data.Dataset:
                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` with tf.data's autotuning off: ``AUTOTUNE`` map parallelism
+    becomes one call per CPU thread and nothing retunes it while it runs.
+
+    Our in-memory pipelines (index, gather, crop, flip) need no tuning. The
+    tuner would cost time: its thread sleeps in periods that double from 10 ms up
+    to a minute, and destroying an iterator (Keras makes a new one every epoch of
+    a dataset of known length) sometimes waits for the current period to end
+    (seen with gdb: ``RootDataset::Iterator::~Iterator`` waiting on
+    ``Model::OptimizeLoop``). In a small run that wait took 1.1-1.3 s at the
+    start of 5 of 9 epochs of about 4 s (``benchmarks/epoch_starts.py``)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def epoch_shuffled_batches(x, y, batch_size: int, seed: int, epoch: tf.Variable, shuffle: bool = True):
     """Batches ``(x, y, id)`` of in-memory arrays; the order of an epoch is a pure
     function of (seed, ``epoch``'s value when the epoch starts), so a run resumed
@@ -89,4 +105,4 @@ def epoch_shuffled_batches(x, y, batch_size: int, seed: int, epoch: tf.Variable,
     batches = examples.map(lambda i: (tf.gather(x, i), tf.gather(y, i), tf.cast(i, tf.int32)),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
     # flat_map hides the length; Keras wants it to count an epoch's steps.
-    return batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
+    return without_autotuning(batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size))))

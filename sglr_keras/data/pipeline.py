@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from sglr_keras.data import DatasetBundle
+from sglr_keras.data.example_ids import without_autotuning
 
 
 def crop_padding(image_size: int) -> int:
@@ -67,7 +68,7 @@ def train_dataset(
     # Across workers, split every global batch (not whole batches or files).
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return stream.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return without_autotuning(stream.with_options(options).prefetch(tf.data.AUTOTUNE))
 
 
 def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
