@@ -157,8 +157,9 @@ def main():
     parser.add_argument("--precisions", default="float32",
                         help="comma-separated: float32, mixed_bfloat16, mixed_float16")
     parser.add_argument("--torch", action="store_true",
-                        help="also time the PyTorch reference PGD-AT step (torch_step.py; needs the bench extra) and "
-                             "report ours / best PyTorch per precision")
+                        help="also time the PyTorch reference PGD-AT step (torch_step.py; needs the bench extra), one "
+                             "process per repeat right after ours, and report ours / best PyTorch per precision, "
+                             "overall and paired by repeat")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -183,11 +184,14 @@ def main():
                 flops[key] = step_flops(trainers[key], batch, args.attack_steps) if precision == "float32" else None
                 trainers[key].fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace, warm up
     seconds = {key: [] for key in trainers}
+    torch_runs = []
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits every setting alike
         for key, trainer in trainers.items():
             steps = StepClock(clock)
             trainer.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, shuffle=False, callbacks=[steps])
             seconds[key].append(statistics.fmean(steps.seconds))
+        if args.torch:  # PyTorch's repeat between ours, so it sees the same drift
+            torch_runs.append(torch_reference(args, precisions))
 
     results = {}
     for key, samples in seconds.items():
@@ -219,7 +223,7 @@ def main():
             if pgd and base and setting != "float32":
                 report["ratios"][f"pgd_at_speedup[{setting}]"] = base["seconds_per_step"] / pgd["seconds_per_step"]
     if args.torch:
-        report["torch"] = torch_reference(args, precisions)
+        report["torch"] = merge_torch_repeats(torch_runs)
         for precision in precisions:
             ours = results.get(f"pgd-at[{precision}]")
             torch_precision = TORCH_PRECISION.get(precision)
@@ -227,14 +231,32 @@ def main():
                       if k.startswith(f"{torch_precision}/")]
             if ours and theirs:
                 report["ratios"][f"ours_over_best_torch[{precision}]"] = ours["images_per_second"] / max(theirs)
+                # Paired by repeat (PyTorch's ran right after ours): the spread of the ratio itself.
+                best_each = [max(v["images_per_second_each_repeat"][r] for k, v in report["torch"]["results"].items()
+                                 if k.startswith(f"{torch_precision}/")) for r in range(args.repeats)]
+                report["ratios"][f"ours_over_best_torch_each_repeat[{precision}]"] = [
+                    a / b for a, b in zip(ours["images_per_second_each_repeat"], best_each)]
     emit(report, args.out)
 
 
 TORCH_PRECISION = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 
 
+def merge_torch_repeats(runs: list[dict]) -> dict:
+    """One report from torch_step.py runs of one repeat each: every setting's
+    repeats in order, and their median."""
+    merged = {key: value for key, value in runs[0].items() if key != "results"}
+    merged["results"] = {}
+    for setting in runs[0]["results"]:
+        samples = [run["results"][setting]["images_per_second_each_repeat"][0] for run in runs]
+        merged["results"][setting] = {"images_per_second": statistics.median(samples),
+                                      "images_per_second_each_repeat": samples}
+    merged["interleaved"] = "one PyTorch process per repeat, run right after our repeat"
+    return merged
+
+
 def torch_reference(args, precisions) -> dict:
-    """torch_step.py in its own process, same architecture, batch and budget."""
+    """torch_step.py in its own process (one repeat), same architecture, batch and budget."""
     import json
     import subprocess
     import sys
@@ -244,7 +266,7 @@ def torch_reference(args, precisions) -> dict:
     command = [sys.executable, str(Path(__file__).with_name("torch_step.py")), "--arch", args.arch,
                "--input-shape", args.input_shape, "--num-classes", str(args.num_classes),
                "--batch-size", str(args.batch_size), "--attack-steps", str(args.attack_steps),
-               "--steps", str(args.steps), "--repeats", str(args.repeats), "--precisions", wanted,
+               "--steps", str(args.steps), "--repeats", "1", "--precisions", wanted,
                "--clock", args.clock] + (["--threads", str(args.threads)] if args.threads else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

@@ -41,6 +41,19 @@ def window_fraction(p_init: float, query: int, n_queries: int) -> float:
     return p_init / divisor
 
 
+def _margins_of(predict):
+    """``margin(x, y)``: z_y - max_{j != y} z_j per point (numpy), from the
+    logits ``predict`` gives for a float32 batch."""
+
+    def margin(x, y):
+        logits = predict(tf.constant(x, tf.float32)).numpy()
+        true = logits[np.arange(len(y)), y]
+        logits[np.arange(len(y)), y] = -np.inf
+        return true - logits.max(axis=1)
+
+    return margin
+
+
 class Square(CallableAttack):
     """Square Attack (Andriushchenko et al. 2020): gradient-free random search
     with square-shaped updates, L-inf, ``n_queries`` queries per point.
@@ -64,16 +77,11 @@ class Square(CallableAttack):
             raise ValueError(f"Square: p_init must be in (0, 1], got {p_init!r}")
         self.eps, self.n_queries, self.p_init, self.n_restarts, self.seed = eps, n_queries, p_init, n_restarts, seed
 
-    def _margin_fn(self, model):
-        predict = self.predictor(model)
-
-        def margin(x, y):
-            logits = predict(tf.constant(x, tf.float32)).numpy()
-            true = logits[np.arange(len(y)), y]
-            logits[np.arange(len(y)), y] = -np.inf
-            return true - logits.max(axis=1)
-
-        return margin
+    def _margin_fn(self, model, shape):
+        # The traced graph itself, for any batch size: a query's model call then
+        # skips tf.function's per-call signature matching (about 9% of the
+        # attack's time on a small model at batch 12, with identical results).
+        return _margins_of(self.predictor(model).get_concrete_function(tf.TensorSpec([None, *shape], tf.float32)))
 
     def _run(self, margin, x, y, rng):
         n, height, width, channels = x.shape
@@ -111,7 +119,7 @@ class Square(CallableAttack):
         """Adversarial examples for (x, y) found by random search."""
         x = np.asarray(x, np.float32)
         y = np.asarray(y, np.int64)
-        margin = self._margin_fn(model)
+        margin = self._margin_fn(model, x.shape[1:])
         rng = np.random.default_rng(self.seed)
         robust = margin(x, y) > 0
 
