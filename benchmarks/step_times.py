@@ -40,9 +40,7 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
     if args.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
-    batch, dataset = synthetic_batches(args.batch_size, (32, 32, 3), 10)
-    if args.autotune:
-        dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    _, dataset = synthetic_batches(args.batch_size, (32, 32, 3), 10, autotune=args.autotune)
     trainer = make_trainer("pgd-at", args.arch, (32, 32, 3), 10, args.batch_size, 10, False, args.precision,
                            args.batch_norm)
     trainer.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace, warm up

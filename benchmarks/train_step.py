@@ -32,6 +32,7 @@ from bench_io import emit, machine  # noqa: E402
 
 from sglr_keras.attacks.training import NoAttack  # noqa: E402
 from sglr_keras.config import load_config  # noqa: E402
+from sglr_keras.data.example_ids import without_autotuning  # noqa: E402
 from sglr_keras.models import build_model  # noqa: E402
 from sglr_keras.models.fused_batchnorm import restore_keras_batch_norm  # noqa: E402
 from sglr_keras.training.recipe import build_trainer, make_optimizer  # noqa: E402
@@ -87,22 +88,19 @@ def pin_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def synthetic_batches(batch_size: int, shape, num_classes: int):
+def synthetic_batches(batch_size: int, shape, num_classes: int, autotune: bool = False):
     """One seeded (x, y, id) batch of uniform images, and a dataset repeating it.
 
-    The dataset runs without tf.data's autotuning: its model thread sleeps in
-    doubling periods (10 ms, 20 ms, ... up to a minute), and destroying an
-    iterator at the end of a ``fit`` call sometimes waits for the current period
-    to end (seen with gdb: ``RootDataset::Iterator::~Iterator`` waiting on
-    ``Model::OptimizeLoop``), which added up to 2.3 s of idle time to a
-    2.8-second fit of one step. Nothing here needs tuning."""
+    The dataset runs without tf.data's autotuning unless ``autotune``, as our
+    training streams do (``without_autotuning``): destroying an iterator at the
+    end of a ``fit`` call sometimes waits for the tuner's sleep to end, which
+    added up to 2.3 s of idle time to a 2.8-second fit of one step."""
     rng = np.random.default_rng(0)
     batch = (tf.constant(rng.uniform(size=(batch_size, *shape)).astype(np.float32)),
              tf.constant((np.arange(batch_size) % num_classes).astype(np.int32)),
              tf.constant(np.arange(batch_size, dtype=np.int32)))
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return batch, tf.data.Dataset.from_tensors(batch).repeat().with_options(options)
+    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    return batch, dataset if autotune else without_autotuning(dataset)
 
 
 class StepClock(keras.callbacks.Callback):
@@ -227,13 +225,12 @@ def main():
         for precision in precisions:
             ours = results.get(f"pgd-at[{precision}]")
             torch_precision = TORCH_PRECISION.get(precision)
-            theirs = [v["images_per_second"] for k, v in report["torch"]["results"].items()
-                      if k.startswith(f"{torch_precision}/")]
+            theirs = [v for k, v in report["torch"]["results"].items() if k.startswith(f"{torch_precision}/")]
             if ours and theirs:
-                report["ratios"][f"ours_over_best_torch[{precision}]"] = ours["images_per_second"] / max(theirs)
+                best = max(v["images_per_second"] for v in theirs)
+                report["ratios"][f"ours_over_best_torch[{precision}]"] = ours["images_per_second"] / best
                 # Paired by repeat (PyTorch's ran right after ours): the spread of the ratio itself.
-                best_each = [max(v["images_per_second_each_repeat"][r] for k, v in report["torch"]["results"].items()
-                                 if k.startswith(f"{torch_precision}/")) for r in range(args.repeats)]
+                best_each = [max(repeats) for repeats in zip(*(v["images_per_second_each_repeat"] for v in theirs))]
                 report["ratios"][f"ours_over_best_torch_each_repeat[{precision}]"] = [
                     a / b for a, b in zip(ours["images_per_second_each_repeat"], best_each)]
     emit(report, args.out)
