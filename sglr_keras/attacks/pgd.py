@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from sglr_keras.attacks.losses import LOSSES, check_attack_settings
 from sglr_keras.attacks.base import CallableAttack, random_start  # noqa: F401  (random_start: re-exported)
+from sglr_keras.models.fused_batchnorm import folded_batch_norm
 
 
 def project(x_adv, x, eps, norm="Linf"):
@@ -40,8 +41,10 @@ def ascend(model, x, x_start, loss_fn, eps, step_size, steps, norm="Linf"):
     """``steps`` projected ascent steps on ``loss_fn(logits)`` from ``x_start``.
 
     The model runs in inference mode (batch-norm statistics frozen), as the
-    reference code does during training. The loop is a ``tf.while_loop``, so the
-    graph does not grow with ``steps``.
+    reference code does during training, with each batch norm that follows a
+    convolution folded into it once for all steps (``folded_batch_norm``: the
+    same function, without the batch norm's passes). The loop is a
+    ``tf.while_loop``, so the graph does not grow with ``steps``.
     """
     def step(i, x_adv):
         with tf.GradientTape() as tape:
@@ -56,7 +59,8 @@ def ascend(model, x, x_start, loss_fn, eps, step_size, steps, norm="Linf"):
         return i + 1, project(x_adv + step_size * direction, x, eps, norm)
 
     # An explicit while_loop: Keras traces train_step without AutoGraph.
-    _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), project(x_start, x, eps, norm)))
+    with folded_batch_norm(model):
+        _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), project(x_start, x, eps, norm)))
     return tf.stop_gradient(x_adv)
 
 

@@ -17,11 +17,23 @@ anywhere as before. Layers the fused kernel does not serve keep Keras's own call
 at every call where it does not apply: synchronized batch norm, renormalisation,
 a mask, an axis other than the last, an input that is not 4-D, or (on a
 GPU) an epsilon below cuDNN's 1e-5.
+
+In inference mode a batch norm is an affine map per channel,
+``s * x + beta - s * moving_mean`` with ``s = gamma / sqrt(moving_variance + epsilon)``.
+Where it reads a convolution's output and nothing else does, the pair is one
+convolution with kernel ``s * K`` and a bias. An attack runs many inference
+passes of the same weights and differentiates each: ``folded_batch_norm(model)``
+folds every such pair once, on entry, and the passes inside run the folded
+convolution (which TensorFlow fuses with its bias and a following ReLU into one
+oneDNN kernel) instead of a convolution, a batch norm and, on the way back, the
+batch norm's gradient with reductions the input gradient does not need.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import keras
 import tensorflow as tf
@@ -68,11 +80,104 @@ def restore_keras_batch_norm(model: keras.Model) -> int:
     return how many layers went back to Keras's call."""
     restored = 0
     for layer in _all_layers(model):
+        if getattr(layer, _FOLDABLE, False):
+            del layer.call
+            delattr(layer, _FOLDABLE)
         if getattr(layer, _FUSED, False):
             del layer.call
             delattr(layer, _FUSED)
             restored += 1
     return restored
+
+
+@contextlib.contextmanager
+def folded_batch_norm(model):
+    """Within this context, inference calls of ``model`` (``training=False``) run
+    each batch norm that follows a convolution folded into it; yields the number
+    of pairs folded. The folded weights are computed once, on entry, from the
+    weights and moving statistics as they are then: for passes that do not change
+    them (an attack's), never for training calls. A model that is not a
+    functional Keras model, or has no such pair, runs as it is.
+
+    A pair is folded when the batch norm has the fused call
+    (:func:`use_fused_batch_norm`) and the convolution is a plain channels-last
+    ``Conv2D`` with no activation, each layer is called once in the model, and
+    the convolution's output goes to the batch norm alone.
+    """
+    folded = {}
+    for conv, norm in conv_batch_norm_pairs(model):
+        if not getattr(conv, _FOLDABLE, False):
+            conv.call = functools.partial(_folding_conv_call, conv, conv.call)
+            setattr(conv, _FOLDABLE, True)
+        folded[id(conv)] = _fold(conv, norm)
+        folded[id(norm)] = None
+    outer = _folded_layers()
+    _STATE.folded = {**outer, **folded}
+    try:
+        yield len(folded) // 2
+    finally:
+        _STATE.folded = outer
+
+
+def conv_batch_norm_pairs(model) -> list:
+    """The (``Conv2D``, ``BatchNormalization``) pairs of ``model`` that
+    :func:`folded_batch_norm` folds, in the model's layer order."""
+    if not isinstance(model, keras.Model):
+        return []
+    layers = _all_layers(model)
+    model_outputs = set()
+    for layer in layers:
+        if isinstance(layer, keras.Model):
+            with contextlib.suppress(AttributeError, ValueError):
+                model_outputs.update(id(tensor) for tensor in layer.outputs)
+    pairs = []
+    for norm in layers:
+        nodes = getattr(norm, "_inbound_nodes", [])
+        if not getattr(norm, _FUSED, False) or len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
+            continue
+        history = getattr(nodes[0].input_tensors[0], "_keras_history", None)
+        conv = history.operation if history else None
+        if _foldable(conv, norm) and id(nodes[0].input_tensors[0]) not in model_outputs:
+            pairs.append((conv, norm))
+    return pairs
+
+
+_FOLDABLE = "_sglr_foldable_conv"
+# Layer ids folded in this thread (replicas trace in threads of their own).
+_STATE = threading.local()
+
+
+def _folded_layers() -> dict:
+    return getattr(_STATE, "folded", {})
+
+
+def _foldable(conv, norm) -> bool:
+    return (type(conv) is keras.layers.Conv2D and conv.data_format == "channels_last"
+            and conv.activation is keras.activations.linear
+            and len(getattr(conv, "_inbound_nodes", [])) == 1 and len(getattr(conv, "_outbound_nodes", [])) == 1
+            and norm.axis in (-1, 3) and not norm.synchronized and not norm.renorm)
+
+
+def _fold(conv, norm):
+    """The kernel and bias of ``norm(conv(x))`` in inference mode, in the conv's compute dtype."""
+    kernel = tf.cast(tf.convert_to_tensor(conv.kernel), tf.float32)
+    channels = kernel.shape[-1]
+    gamma = tf.cast(norm.gamma, tf.float32) if norm.scale else tf.ones([channels], tf.float32)
+    beta = tf.cast(norm.beta, tf.float32) if norm.center else tf.zeros([channels], tf.float32)
+    scale = gamma * tf.math.rsqrt(tf.cast(norm.moving_variance, tf.float32) + norm.epsilon)
+    bias = beta - tf.cast(norm.moving_mean, tf.float32) * scale
+    if conv.use_bias:
+        bias += tf.cast(conv.bias, tf.float32) * scale
+    return tf.cast(kernel * scale, conv.compute_dtype), tf.cast(bias, conv.compute_dtype)
+
+
+def _folding_conv_call(layer, keras_call, inputs):
+    folded = _folded_layers().get(id(layer))
+    if folded is None:
+        return keras_call(inputs)
+    kernel, bias = folded
+    # BiasAdd (not Keras's broadcast add): TensorFlow fuses Conv2D + BiasAdd (+ Relu).
+    return tf.nn.bias_add(layer.convolution_op(inputs, kernel), bias)
 
 
 def _all_layers(model):
@@ -87,6 +192,11 @@ def _all_layers(model):
 
 
 def _fused_call(layer, keras_call, inputs, training=None, mask=None):
+    if id(layer) in _folded_layers():
+        if training and layer.trainable:
+            # The convolution before it has already applied the moving statistics.
+            raise RuntimeError(f"{layer.name}: a training call inside folded_batch_norm, which is for inference")
+        return inputs  # the convolution before it applied this batch norm (folded_batch_norm)
     rank = len(inputs.shape)
     axis = layer.axis if layer.axis >= 0 else layer.axis + rank
     if mask is not None or rank != 4 or axis != rank - 1 or (layer.epsilon < _CUDNN_MIN_EPSILON and _has_gpu()):
