@@ -10,8 +10,13 @@ import tensorflow as tf
 def machine() -> dict:
     gpus = tf.config.list_physical_devices("GPU")
     names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-    return {"device": names[0] if names else f"CPU: {cpu_model()}", "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
-            "platform": platform.platform(), "tensorflow": tf.__version__, "gpus": names}
+    report = {"device": names[0] if names else f"CPU: {cpu_model()}", "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
+              "platform": platform.platform(), "tensorflow": tf.__version__, "gpus": names}
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        # oneDNN (TensorFlow's and PyTorch's) then uses no instruction above this
+        # set, as on an older CPU; the flags above are still the machine's own.
+        report["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
+    return report
 
 
 def cpu_flags() -> list[str]:

@@ -51,6 +51,7 @@ _EXPORTS = {
     # conveniences: our architectures and data sets
     "build_model": "sglr_keras.models",
     "use_fused_batch_norm": "sglr_keras.models.fused_batchnorm",
+    "folded_batch_norm": "sglr_keras.models.fused_batchnorm",
     "load_dataset": "sglr_keras.data",
 }
 

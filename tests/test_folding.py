@@ -156,13 +156,19 @@ def test_a_pair_another_reader_could_see_is_not_folded(make):
     tf.nest.map_structure(np.testing.assert_array_equal, before, inside)
 
 
-def test_the_control_case_folds():
-    # The same shape as the cases above, with nothing else reading the conv: it folds.
+def test_the_control_case_folds_with_the_convs_own_bias():
+    # The same shape as the cases above, with nothing else reading the conv: it
+    # folds, the conv's bias (on by default) scaled into the folded bias.
     inputs = keras.Input((8, 8, 3))
-    model = keras.Model(inputs, _conv_bn(inputs))
+    model = _with_random_statistics(keras.Model(inputs, _conv_bn(inputs)))
+    model.layers[1].bias.assign(np.linspace(-1.0, 1.0, 4).astype("float32"))
     sk.use_fused_batch_norm(model)
+    x = tf.constant(np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32"))
+    before = model(x, training=False).numpy()
     with folded_batch_norm(model) as folded:
-        assert folded == 1
+        inside = model(x, training=False).numpy()
+    assert folded == 1
+    np.testing.assert_allclose(inside, before, rtol=1e-5, atol=1e-5)
 
 
 def test_a_training_call_inside_the_context_is_refused():
