@@ -128,6 +128,13 @@ def _keras_batch_norm():
     return model
 
 
+def _dtypes_differ():
+    # Keras casts the conv's float32 output for the bfloat16 batch norm: a second reader.
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.Conv2D(4, 3, dtype="float32")(inputs)
+    return keras.Model(inputs, keras.layers.BatchNormalization(dtype="mixed_bfloat16")(features))
+
+
 class _Subclassed(keras.Model):
     def __init__(self):
         super().__init__()
@@ -141,7 +148,7 @@ class _Subclassed(keras.Model):
 # conv's output from another reader, or change a computation we cannot see.
 @pytest.mark.parametrize("make", [_output_read_twice, _output_is_a_model_output, _conv_called_twice,
                                   _batch_norm_called_twice, _conv_with_activation, _conv_subclass,
-                                  _keras_batch_norm, _Subclassed],
+                                  _keras_batch_norm, _dtypes_differ, _Subclassed],
                          ids=lambda make: make.__name__.strip("_"))
 def test_a_pair_another_reader_could_see_is_not_folded(make):
     model = make()
@@ -203,3 +210,4 @@ def test_a_folded_model_still_saves_as_plain_keras(tmp_path):
     plain = keras.saving.load_model(tmp_path / "m.keras", compile=False)
     assert all(type(layer).__module__.startswith("keras") for layer in plain.layers)
     np.testing.assert_allclose(plain(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+

@@ -169,7 +169,7 @@ def _folded_layers() -> dict:
 
 def _foldable(conv, norm) -> bool:
     return (type(conv) is keras.layers.Conv2D and conv.data_format == "channels_last"
-            and conv.activation is keras.activations.linear
+            and conv.activation is keras.activations.linear and getattr(conv, "quantization_mode", None) is None
             and len(getattr(conv, "_inbound_nodes", [])) == 1 and len(getattr(conv, "_outbound_nodes", [])) == 1
             and norm.axis in (-1, 3) and not norm.synchronized and not norm.renorm)
 
@@ -212,7 +212,7 @@ def _fused_call(layer, keras_call, inputs, training=None, mask=None):
         if training and layer.trainable:
             # The convolution before it has already applied the moving statistics.
             raise RuntimeError(f"{layer.name}: a training call inside folded_batch_norm, which is for inference")
-        return inputs  # the convolution before it applied this batch norm (folded_batch_norm)
+        return tf.cast(inputs, layer.compute_dtype)  # the convolution before it applied this batch norm
     rank = len(inputs.shape)
     axis = layer.axis if layer.axis >= 0 else layer.axis + rank
     if mask is not None or rank != 4 or axis != rank - 1 or (layer.epsilon < _CUDNN_MIN_EPSILON and _has_gpu()):
