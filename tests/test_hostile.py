@@ -293,7 +293,7 @@ def test_bogus_tf_config_and_bad_cards_are_one_line(trained, tmp_path, monkeypat
 # --- 4b. a second Ctrl-C and SIGTERM end a long step at once ----------------------------
 
 SLOW = ("method: pgd-at\nepochs: 3\nbatch_size: 64\ndata: {dataset: synthetic, train_subset: 64}\n"
-        "model: {arch: small_cnn, width: 0.25}\nattack: {eps: 8/255, step_size: 2/255, steps: 600}\n"
+        "model: {arch: small_cnn, width: 0.25}\nattack: {eps: 8/255, step_size: 2/255, steps: 3000}\n"
         "optimizer: {lr: 0.05}\nevaluation: {n_test: 16, n_train: 0, pgd_steps: 1, batch_size: 64}\n")
 
 
@@ -319,12 +319,33 @@ def test_a_second_ctrl_c_and_sigterm_end_a_long_attack_step_within_seconds(tmp_p
 
     resumed = subprocess.Popen(_sglr("train", "--config", config, "--out", tmp_path / "run"), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # into the resumed run's step
+    # The header ends with the legend; the first step starts right after it. Waiting
+    # for it, not for a fixed time, keeps the signal inside the step however fast
+    # the machine starts Python.
+    stderr = _lines_of(resumed.stderr)
+    deadline = time.time() + 120
+    while not any(line.startswith("legend:") for line in stderr) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside epoch 2's (long) step
     sent = time.time()
     resumed.send_signal(signal.SIGTERM)
     code = resumed.wait(timeout=60)
-    assert time.time() - sent < 10 and code == 143, resumed.stderr.read()
+    assert time.time() - sent < 10 and code == 143, "".join(stderr)
     assert json.loads(state.read_text())["epoch"] >= 1
+
+
+def _lines_of(stream) -> list:
+    """A list that a background thread fills with ``stream``'s lines as they come."""
+    import threading
+
+    lines = []
+
+    def read():
+        for line in iter(stream.readline, ""):
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
 
 
 def _free_port() -> int:
