@@ -211,3 +211,18 @@ def test_a_folded_model_still_saves_as_plain_keras(tmp_path):
     assert all(type(layer).__module__.startswith("keras") for layer in plain.layers)
     np.testing.assert_allclose(plain(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
+
+
+def test_a_sequential_model_and_a_model_nested_twice_fold():
+    inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+                              keras.layers.ReLU(), keras.layers.Flatten(), keras.layers.Dense(2)])
+    sk.use_fused_batch_norm(inner)
+    x = tf.constant(np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32"))
+    inner(x, training=True)  # moving statistics away from 0 and 1
+    inputs = keras.Input((8, 8, 3))
+    outer = keras.Model(inputs, keras.layers.Add()([inner(inputs), inner(inputs)]))
+    expected = inner(x, training=False).numpy()
+    with folded_batch_norm(inner) as alone, folded_batch_norm(outer) as nested:
+        np.testing.assert_allclose(inner(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(outer(x, training=False).numpy(), 2 * expected, rtol=1e-5, atol=1e-6)
+    assert alone == nested == 1
