@@ -135,6 +135,13 @@ def _dtypes_differ():
     return keras.Model(inputs, keras.layers.BatchNormalization(dtype="mixed_bfloat16")(features))
 
 
+def _float16():
+    # A near-constant channel's scale could carry the folded weights past float16's range.
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.Conv2D(4, 3, dtype="mixed_float16")(inputs)
+    return keras.Model(inputs, keras.layers.BatchNormalization(dtype="mixed_float16")(features))
+
+
 class _Subclassed(keras.Model):
     def __init__(self):
         super().__init__()
@@ -148,7 +155,7 @@ class _Subclassed(keras.Model):
 # conv's output from another reader, or change a computation we cannot see.
 @pytest.mark.parametrize("make", [_output_read_twice, _output_is_a_model_output, _conv_called_twice,
                                   _batch_norm_called_twice, _conv_with_activation, _conv_subclass,
-                                  _keras_batch_norm, _dtypes_differ, _Subclassed],
+                                  _keras_batch_norm, _dtypes_differ, _float16, _Subclassed],
                          ids=lambda make: make.__name__.strip("_"))
 def test_a_pair_another_reader_could_see_is_not_folded(make):
     model = make()

@@ -103,7 +103,7 @@ def folded_batch_norm(model):
 
     A pair is folded when the batch norm has the fused call
     (:func:`use_fused_batch_norm`) and the convolution is a plain channels-last
-    ``Conv2D`` with no activation, each layer is called once in the model, and
+    ``Conv2D`` with no activation that does not compute in float16, each layer is called once in the model, and
     the convolution's output goes to the batch norm alone. Our PGD, FGSM and
     training attacks run their steps inside it, and APGD and FAB each gradient;
     use it around an attack loop of your own. A training call inside it raises
@@ -168,7 +168,10 @@ def _folded_layers() -> dict:
 
 
 def _foldable(conv, norm) -> bool:
-    return (type(conv) is keras.layers.Conv2D and conv.data_format == "channels_last"
+    # Not in float16: s = gamma / sqrt(variance + epsilon) of a near-constant
+    # channel can carry the folded kernel and bias past float16's 65504, where
+    # the unfolded batch norm computes in float32 and writes a normalised value.
+    return (type(conv) is keras.layers.Conv2D and conv.data_format == "channels_last" and conv.compute_dtype != "float16"
             and conv.activation is keras.activations.linear and getattr(conv, "quantization_mode", None) is None
             and len(getattr(conv, "_inbound_nodes", [])) == 1 and len(getattr(conv, "_outbound_nodes", [])) == 1
             and norm.axis in (-1, 3) and not norm.synchronized and not norm.renorm)
