@@ -29,3 +29,18 @@ def test_step_clock_times_each_step_inside_the_fit_call_on_an_untuned_stream():
     clock = train_step.StepClock(clock=lambda: next(ticks))
     trainer.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
     assert clock.seconds == [1, 1, 1]  # one begin and one end reading per step, nothing between them
+
+
+def test_perf_alone_counts_the_slots_where_one_core_ran_alone_and_what_it_ran():
+    import perf_alone
+
+    # perf script -F tid,cpu,time,ip,sym,dso; tid 0 is the idle task. At 1000 Hz:
+    # slot 0 both busy, slots 1 and 2 core 0 alone (in relu, then in JIT code), slot 3 both idle.
+    lines = ["   12 [000]   10.0001:  7f01 relu (/lib/libtf.so)", "   13 [001]   10.0002:  7f02 conv (/lib/libtf.so)",
+             "   12 [000]   10.0011:  7f01 relu (/lib/libtf.so)", "    0 [001]   10.0012:  ff01 safe_halt ([kernel])",
+             "   12 [000]   10.0021:  7f03 [unknown] (/tmp/perf-12.map)", "    0 [001]   10.0022:  ff01 safe_halt ([kernel])",
+             "    0 [000]   10.0031:  ff01 safe_halt ([kernel])", "    0 [001]   10.0032:  ff01 safe_halt ([kernel])",
+             "not a sample line"]
+    report = perf_alone.summary(perf_alone.slots(lines, 0.001), cpus=2)
+    assert report["slots"] == 4 and report["all_busy"] == 0.25 and report["one_alone"] == 0.5
+    assert report["alone_running"] == {"relu": 0.25, "perf-12.map": 0.25}
