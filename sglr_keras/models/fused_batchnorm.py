@@ -103,8 +103,9 @@ def folded_batch_norm(model):
 
     A pair is folded when the batch norm has the fused call
     (:func:`use_fused_batch_norm`) and the convolution is a plain channels-last
-    ``Conv2D`` with no activation that does not compute in float16, each layer is called once in the model, and
-    the convolution's output goes to the batch norm alone. Our PGD, FGSM and
+    ``Conv2D`` with no activation that does not compute in float16, each layer
+    is called once in the model, and the convolution's output goes to the batch
+    norm alone. Our PGD, FGSM and
     training attacks run their steps inside it, and APGD and FAB each gradient;
     use it around an attack loop of your own. A training call inside it raises
     ``RuntimeError``.
@@ -180,11 +181,9 @@ def _foldable(conv, norm) -> bool:
 def _fold(conv, norm):
     """The kernel and bias of ``norm(conv(x))`` in inference mode, in the conv's compute dtype."""
     kernel = tf.cast(tf.convert_to_tensor(conv.kernel), tf.float32)
-    channels = kernel.shape[-1]
-    gamma = tf.cast(norm.gamma, tf.float32) if norm.scale else tf.ones([channels], tf.float32)
-    beta = tf.cast(norm.beta, tf.float32) if norm.center else tf.zeros([channels], tf.float32)
-    scale = gamma * tf.math.rsqrt(tf.cast(norm.moving_variance, tf.float32) + norm.epsilon)
-    bias = beta - tf.cast(norm.moving_mean, tf.float32) * scale
+    gamma, beta, moving_mean, moving_variance = _float32_parameters(norm, kernel.shape[-1])
+    scale = gamma * tf.math.rsqrt(moving_variance + norm.epsilon)
+    bias = beta - moving_mean * scale
     if conv.use_bias:
         bias += tf.cast(conv.bias, tf.float32) * scale
     return tf.cast(kernel * scale, conv.compute_dtype), tf.cast(bias, conv.compute_dtype)
@@ -225,10 +224,7 @@ def _fused_call(layer, keras_call, inputs, training=None, mask=None):
         # bfloat16 batch norm is registered for CPUs; elsewhere compute in float32 as Keras does.
         x = tf.cast(x, tf.float32)
     channels = x.shape[-1]
-    gamma = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones([channels], tf.float32)
-    beta = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros([channels], tf.float32)
-    moving_mean = tf.cast(layer.moving_mean, tf.float32)
-    moving_variance = tf.cast(layer.moving_variance, tf.float32)
+    gamma, beta, moving_mean, moving_variance = _float32_parameters(layer, channels)
     if training and layer.trainable:
         y, mean, sample_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=gamma, offset=beta, mean=tf.zeros_like(moving_mean), variance=tf.zeros_like(moving_variance),
@@ -244,6 +240,14 @@ def _fused_call(layer, keras_call, inputs, training=None, mask=None):
             x=x, scale=gamma, offset=beta, mean=moving_mean, variance=moving_variance, epsilon=layer.epsilon,
             exponential_avg_factor=1.0, data_format="NHWC", is_training=False)[0]
     return tf.cast(y, layer.compute_dtype)
+
+
+def _float32_parameters(layer, channels: int):
+    """``(gamma, beta, moving_mean, moving_variance)`` of a batch-norm layer in
+    float32, with 1 and 0 for a layer without scale or center."""
+    gamma = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones([channels], tf.float32)
+    beta = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros([channels], tf.float32)
+    return gamma, beta, tf.cast(layer.moving_mean, tf.float32), tf.cast(layer.moving_variance, tf.float32)
 
 
 @functools.cache
