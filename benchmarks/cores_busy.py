@@ -18,8 +18,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-TORCH_PRECISION = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
-
 
 def per_step(run_step, steps: int) -> list[dict]:
     """Wall and CPU seconds of each of ``steps`` calls of ``run_step``."""
@@ -44,23 +42,11 @@ def ours(args) -> list[dict]:
 
 
 def torch_side(args) -> list[dict]:
-    import torch
-    from torch_step import ARCHS, at_step
+    # Its own process, without TensorFlow (each library brings its own oneDNN);
+    # args.precision is PyTorch's name for it here.
+    from torch_step import warm_step
 
-    torch.manual_seed(0)
-    model = ARCHS[args.arch](3, 10, 1.0).to(memory_format=torch.channels_last)
-    x = torch.rand(args.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.arange(args.batch_size) % 10
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    generator = torch.Generator().manual_seed(0)
-    bf16 = TORCH_PRECISION[args.precision] == "bfloat16"
-
-    def step():
-        at_step(model, optimizer, x, y, 8 / 255, 2 / 255, 10, generator,
-                lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16))
-
-    for _ in range(2):
-        step()
+    step = warm_step(args.arch, (32, 32, 3), 10, args.batch_size, 10, args.precision, "channels_last")
     return per_step(step, args.steps)
 
 
@@ -88,7 +74,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--precision", default="mixed_bfloat16", choices=sorted(TORCH_PRECISION))
+    parser.add_argument("--precision", default="mixed_bfloat16", help="float32 or mixed_bfloat16")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--torch", action="store_true", help="also PyTorch's step, in its own process")
     parser.add_argument("--side", choices=["ours", "torch"], default="ours", help=argparse.SUPPRESS)
@@ -100,10 +86,12 @@ def main():
     if args.side == "torch":
         print(json.dumps(torch_side(args)))
         return
+    from train_step import TORCH_PRECISION
+
     report = {"arch": args.arch, "batch_size": args.batch_size, "precision": args.precision, "ours": ours(args)}
     if args.torch:
         command = [sys.executable, __file__, "--side", "torch", "--arch", args.arch, "--batch-size",
-                   str(args.batch_size), "--precision", args.precision, "--steps", str(args.steps)]
+                   str(args.batch_size), "--precision", TORCH_PRECISION[args.precision], "--steps", str(args.steps)]
         report["torch_channels_last"] = json.loads(subprocess.run(command, capture_output=True, text=True,
                                                                   check=True).stdout)
     print(json.dumps(report, indent=2))

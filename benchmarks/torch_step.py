@@ -77,8 +77,9 @@ def at_step(model, optimizer, x, y, eps, step_size, steps, generator, autocast):
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_setting(arch, shape, num_classes, batch_size, attack_steps, precision, layout, steps, repeats,
-                 clock=time.perf_counter):
+def warm_step(arch, shape, num_classes, batch_size, attack_steps, precision, layout):
+    """One seeded PGD-AT step on a fixed batch, as a function of no arguments,
+    already run twice (oneDNN picks and caches its kernels)."""
     torch.manual_seed(0)
     model = ARCHS[arch](shape[-1], num_classes, 1.0)
     x = torch.rand(batch_size, shape[-1], shape[0], shape[1])
@@ -92,13 +93,22 @@ def time_setting(arch, shape, num_classes, batch_size, attack_steps, precision, 
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
-    for _ in range(2):  # warm-up: oneDNN picks and caches its kernels
+    def step():
         at_step(model, optimizer, x, y, 8 / 255, 2 / 255, attack_steps, generator, autocast)
+
+    for _ in range(2):
+        step()
+    return step
+
+
+def time_setting(arch, shape, num_classes, batch_size, attack_steps, precision, layout, steps, repeats,
+                 clock=time.perf_counter):
+    step = warm_step(arch, shape, num_classes, batch_size, attack_steps, precision, layout)
     samples = []
     for _ in range(repeats):
         start = clock()
         for _ in range(steps):
-            at_step(model, optimizer, x, y, 8 / 255, 2 / 255, attack_steps, generator, autocast)
+            step()
         samples.append(batch_size * steps / (clock() - start))
     return {"images_per_second": statistics.median(samples), "images_per_second_each_repeat": samples}
 
